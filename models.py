@@ -1,0 +1,41 @@
+"""One name space for every model family: 'nfnet_f7plus', 'nfnet_F0', 'convnext_tiny', ...
+
+A model name is `<family>_<variant>`; the family package resolves the variant spelling.
+"""
+
+import importlib
+
+from flax import linen as nn
+
+# Family name -> package exporting VARIANTS, create(), from_timm() (see DESIGN.md).
+FAMILIES = {"nfnet": "nfnets"}
+
+
+def family_package(family: str):
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown model family {family!r}; choose one of {sorted(FAMILIES)}.")
+    return importlib.import_module(FAMILIES[family])
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'nfnet_f7plus' -> ('nfnet', 'f7plus')."""
+    family, sep, variant = name.partition("_")
+    if not sep or not variant:
+        raise ValueError(
+            f"Model name {name!r} is not '<family>_<variant>', e.g. 'nfnet_f0'; families: "
+            f"{sorted(FAMILIES)}."
+        )
+    family_package(family)
+    return family, variant
+
+
+def create(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
+    family, variant = split_name(name)
+    return family_package(family).create(variant, num_classes=num_classes, **overrides)
+
+
+def variant_info(name: str) -> dict:
+    """The variant table entry (hyper-parameters and recipe figures) of a model name."""
+    family, variant = split_name(name)
+    package = family_package(family)
+    return dict(package.VARIANTS[package.canonical_name(variant)])
