@@ -1,0 +1,128 @@
+"""Training-preprocessing throughput: the deterministic pipeline vs a plain shuffle-buffer one.
+
+Both pipelines decode the same in-memory JPEGs and run the same `augment.train_image` (random
+resized crop decoded from the JPEG window, resize, flip, RandAugment; uint8 output) with the
+same parallelism. They differ only in what the issue changes: ours computes each slot's record
+and augmentation seed from (seed, step), reads records by index and batches per host; the plain
+one (as in the reference NFNet code) repeats, shuffles through a buffer and draws augmentation
+seeds from a stateful generator. Rounds alternate between the two, each pipeline running alone,
+so that load from other processes affects both alike; the median rate of each is printed, per
+core, with their ratio.
+
+    python benchmarks/input_pipeline_benchmark.py [--images 256 --batch 64 --batches 8]
+"""
+
+import argparse
+import gc
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import augment  # noqa: E402
+import data_sources  # noqa: E402
+import input_pipeline  # noqa: E402
+
+
+def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """Photo-like JPEGs (smooth colour fields plus grain) of ImageNet-like sizes."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        h, w = int(rng.integers(300, 500)), int(rng.integers(350, 550))
+        coarse = rng.uniform(0, 255, (h // 32 + 2, w // 32 + 2, 3)).astype(np.float32)
+        smooth = tf.image.resize(coarse, [h, w], method="bicubic").numpy()
+        grain = rng.normal(0, 8, (h, w, 3))
+        pixels = np.clip(smooth + grain, 0, 255).astype(np.uint8)
+        images.append(tf.io.encode_jpeg(pixels, quality=90).numpy())
+    return images
+
+
+def ours(jpegs, config, batch: int) -> tf.data.Dataset:
+    source = data_sources.ArraySource(jpegs, np.zeros(len(jpegs), np.int64), num_classes=1)
+    return input_pipeline.create_train_iterator(
+        config, global_batch_size=batch, seed=0, process_index=0, process_count=1, source=source
+    )
+
+
+def plain(jpegs, config, batch: int):
+    """The reference NFNet pattern: repeat, shuffle buffer, map, batch, prefetch."""
+    p = input_pipeline.train_preprocessing(config)
+    images = tf.data.Dataset.from_tensor_slices(jpegs).repeat().shuffle(10 * batch)
+    seeds = tf.data.Dataset.random(seed=0).batch(2)
+    ds = tf.data.Dataset.zip(images, seeds)
+    ds = ds.map(
+        lambda image, seed: augment.train_image(image, seed, p),
+        num_parallel_calls=config.num_parallel_calls,
+    )
+    ds = ds.batch(batch, drop_remainder=True).prefetch(config.prefetch)
+    # The reference's training options: order may vary with thread timing, one thread per op.
+    options = tf.data.Options()
+    options.deterministic = False
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options).as_numpy_iterator()
+
+
+def rate(iterator, batches: int, batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(batches):
+        out = next(iterator)
+    image = out["image"] if isinstance(out, dict) else out
+    assert image.dtype == np.uint8
+    return batches * batch / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=256, help="distinct JPEGs in memory")
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=8, help="batches timed per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    # NFNet-F1, trained at 224 px, uses RandAugment (4, 10) (Brock et al. 2021a, Table 1).
+    parser.add_argument("--randaugment", type=float, nargs=2, default=(4, 10))
+    args = parser.parse_args()
+
+    cores = len(os.sched_getaffinity(0))
+    config = input_pipeline.default_data_config("benchmark")
+    config.update(
+        train_resolution=args.resolution,
+        num_classes=1,
+        randaugment=(int(args.randaugment[0]), args.randaugment[1]),
+        num_parallel_calls=cores,
+        prefetch=2,
+    )
+    jpegs = make_jpegs(args.images)
+    builders = {"deterministic": ours, "plain": plain}
+    rates = {name: [] for name in builders}
+    for round_ in range(args.rounds):
+        # Each measurement runs alone: a fresh pipeline, warmed up (graph building, thread pools,
+        # buffers), timed, then closed so that its threads cannot compete with the next one.
+        # The order alternates between rounds.
+        names = list(builders) if round_ % 2 == 0 else list(builders)[::-1]
+        for name in names:
+            iterator = builders[name](jpegs, config, args.batch)
+            rate(iterator, 2, args.batch)
+            rates[name].append(rate(iterator, args.batches, args.batch))
+            if hasattr(iterator, "close"):
+                iterator.close()
+            del iterator
+            gc.collect()
+
+    print(
+        f"train preprocessing at {args.resolution} px, RandAugment {tuple(config.randaugment)}, "
+        f"batch {args.batch}, {cores} cores, {args.rounds} rounds of {args.batches} batches"
+    )
+    median = {name: float(np.median(r)) for name, r in rates.items()}
+    for name, value in median.items():
+        rounds = ", ".join(f"{r / cores:.1f}" for r in rates[name])
+        print(f"{name:>13}: {value / cores:7.1f} images/s/core (rounds: {rounds})")
+    print(f"ratio deterministic / plain: {median['deterministic'] / median['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,561 @@
+"""Deterministic, resumable input pipeline: the global example order is a pure function of step.
+
+Data order. Global example number `g = step * U + j` (`U = global_batch / repeats` distinct
+examples per step, `j` in [0, U)) belongs to epoch `e = g // N` at position `g % N` and reads
+source record `perm(seed, e)[g % N]`, where `perm(seed, e)` is a seeded bijection of [0, N)
+(TensorFlow's `RandomIndexShuffle`: a 4-round Simon-style Feistel cipher on the next power of
+two, cycle-walked into [0, N) as in Black & Rogaway 2002; O(1) memory, so N may be billions).
+Every epoch therefore reads each record exactly once, whatever batches straddle its boundaries.
+Slot `i` in [0, B) of the global batch of a step holds example `j = i % U`, so with repeated
+augmentation (Hoffer et al. 2020) each example fills `repeats` slots of the same batch, spread
+over the batch rather than adjacent. Host `p` of `P` reads slots [p B / P, (p + 1) B / P); the
+global sequence does not depend on P, and resuming needs only the step: a run may resume on
+another host count and see the same data.
+
+Augmentation. Slot `i` of step `s` is augmented with the stateless seed derived from
+(seed, s B + i) (`augment.py`), so a resumed run yields bit-identical batches, pixels included.
+
+Batches are dicts of numpy arrays: `image` uint8 (b, R, R, 3), `label` int32, `index` int64 (the
+source record each slot reads; -1 for evaluation padding), `replaced` bool (the slot read a
+substitute for a corrupt record), and for evaluation `mask` bool (the slot holds a real
+example). Images stay uint8 on the host; `normalize` runs on device.
+
+Corrupt records. A record whose preprocessing fails (e.g. an undecodable image) stops the run
+with `CorruptRecordError` naming it (`corrupt_records='error'`), or (`'replace'`) is substituted
+by the first of the following records, in index order, that preprocesses successfully in the
+same slot; the batch is rebuilt from its step, so the substitution is a pure function of the
+data, the epoch length never changes and `replaced` counts it. An evaluation slot that read a
+substitute is masked out.
+"""
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+import augment
+import data_sources
+
+Batch = dict[str, np.ndarray]
+
+# Salts that keep the random streams derived from one user seed apart.
+_ORDER_SALT = 0x5EED0
+_AUGMENT_SALT = 0xA06
+
+CORRUPT_RECORD_MODES = ("error", "replace")
+
+# Per-dataset values that differ from the defaults of `default_data_config`.
+DATASET_PRESETS = {
+    "imagenet2012": dict(num_classes=1000, train_split="train", eval_split="validation"),
+    # Quickstart demo: scikit-learn's bundled 8x8 digits, upsampled to 32 px. No flips (digits
+    # are not mirror-symmetric) and mild crops; mean and std of the training pixels / 255.
+    "digits": dict(
+        num_classes=10,
+        train_split="train",
+        eval_split="test",
+        train_resolution=32,
+        eval_resolution=32,
+        eval_crop_ratio=1.0,
+        crop_area_range=(0.64, 1.0),
+        random_flip=False,
+        mean=(0.305, 0.305, 0.305),
+        std=(0.376, 0.376, 0.376),
+    ),
+    "synthetic": dict(num_classes=1000, train_split="train", eval_split="validation"),
+}
+
+
+def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict:
+    """`config.data` with documented defaults (ImageNet-style), updated by `DATASET_PRESETS`."""
+    config = ml_collections.ConfigDict(
+        dict(
+            # A TFDS name (prepared as ArrayRecord), 'image_folder' (data_dir/split/class/*.jpg),
+            # 'npz' (data_dir/split.npz with `image`, `label`), 'digits' or 'synthetic'.
+            name=name,
+            data_dir=None,
+            train_split="train",
+            eval_split="validation",
+            image_key="image",  # TFDS feature names.
+            label_key="label",
+            num_classes=1000,
+            train_resolution=224,
+            eval_resolution=256,  # Smith et al. 2023: 224 px train, 256 px eval.
+            eval_crop_ratio=0.875,  # Eval: shorter side to resolution / ratio, centre crop.
+            interpolation="bicubic",  # As the reference NFNet pipeline.
+            # Mean and std of ImageNet pixels / 255 (per RGB channel); `normalize` uses them.
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            # Inception crop (Szegedy et al. 2015): area fraction and aspect-ratio ranges.
+            crop_area_range=(0.08, 1.0),
+            crop_aspect_ratio_range=(3 / 4, 4 / 3),
+            random_flip=True,
+            randaugment=None,  # (layers, magnitude), e.g. (4, 15) for NFNet-F3+ (Table 1).
+            random_erasing=0.0,  # Probability; ConvNeXt uses 0.25.
+            repeated_augmentation=1,  # Augmented copies of each example per batch.
+            corrupt_records="error",  # 'error' or 'replace'.
+            num_parallel_calls=-1,  # Preprocessing threads; -1 lets tf.data tune it.
+            prefetch=2,  # Batches prepared ahead (-1: tuned by tf.data).
+            synthetic=dict(train_examples=1_281_167, eval_examples=50_000, image_size=256),
+        )
+    )
+    if name in DATASET_PRESETS:
+        config.update(DATASET_PRESETS[name])
+    return config
+
+
+def _check_config(c) -> None:
+    def fail(what: str, fix: str):
+        raise ValueError(f"config.data.{what}; {fix}.")
+
+    for field in ("train_resolution", "eval_resolution", "num_classes"):
+        if int(c[field]) <= 0:
+            fail(f"{field} is {c[field]}", "set it to a positive integer")
+    if not 0 < c.eval_crop_ratio <= 1:
+        fail(f"eval_crop_ratio is {c.eval_crop_ratio}", "choose a ratio in (0, 1], e.g. 0.875")
+    if len(c.mean) != 3 or len(c.std) != 3 or min(c.std) <= 0:
+        fail(f"mean {c.mean} / std {c.std} are invalid", "give 3 values each, std positive")
+    lo, hi = c.crop_area_range
+    if not 0 < lo <= hi <= 1:
+        fail(f"crop_area_range is {c.crop_area_range}", "choose 0 < min <= max <= 1")
+    lo, hi = c.crop_aspect_ratio_range
+    if not 0 < lo <= hi:
+        fail(f"crop_aspect_ratio_range is {c.crop_aspect_ratio_range}", "choose 0 < min <= max")
+    if c.randaugment is not None and (
+        len(c.randaugment) != 2 or c.randaugment[0] < 0 or c.randaugment[1] < 0
+    ):
+        fail(f"randaugment is {c.randaugment}", "set it to None or (layers, magnitude)")
+    if not 0 <= c.random_erasing <= 1:
+        fail(f"random_erasing is {c.random_erasing}", "choose a probability in [0, 1]")
+    if int(c.repeated_augmentation) < 1:
+        fail(f"repeated_augmentation is {c.repeated_augmentation}", "use 1 to disable it")
+    if c.corrupt_records not in CORRUPT_RECORD_MODES:
+        fail(f"corrupt_records is {c.corrupt_records!r}", f"choose one of {CORRUPT_RECORD_MODES}")
+    if c.interpolation not in augment.INTERPOLATIONS:
+        fail(f"interpolation is {c.interpolation!r}", f"choose one of {augment.INTERPOLATIONS}")
+    if c.num_parallel_calls == 0 or c.num_parallel_calls < -1:
+        fail(f"num_parallel_calls is {c.num_parallel_calls}", "use a positive count or -1")
+    if c.prefetch < -1:
+        fail(f"prefetch is {c.prefetch}", "use a count of batches >= 0 or -1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_order_args(*, num_examples, global_batch_size, seed, repeats) -> None:
+    if num_examples <= 0:
+        raise ValueError(f"The split has {num_examples} examples; point the config at data.")
+    if global_batch_size <= 0 or repeats <= 0 or global_batch_size % repeats:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of "
+            f"repeated_augmentation {repeats}; change one of them."
+        )
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"The seed must lie in [0, 2**63), got {seed}; pick another seed.")
+
+
+def _example_and_slot(step, lo: int, hi: int, *, global_batch_size: int, repeats: int):
+    """Global example numbers and global slot numbers of slots [lo, hi) of `step`'s batch."""
+    slots = tf.range(lo, hi, dtype=tf.int64)
+    unique = global_batch_size // repeats
+    step = tf.cast(step, tf.int64)
+    return step * unique + slots % unique, step * global_batch_size + slots
+
+
+def _record_indices(example_numbers: tf.Tensor, num_examples: int, seed: int) -> tf.Tensor:
+    """`perm(seed, g // N)[g % N]` for each global example number g."""
+    # The raw op, because `tf.random.experimental.index_shuffle` mis-pads per-element seeds;
+    # each element's key is (seed, its epoch, a salt).
+    epochs = example_numbers // num_examples
+    ones = tf.ones_like(example_numbers)
+    seeds = tf.stack([ones * seed, epochs, ones * _ORDER_SALT], axis=1)
+    return tf.raw_ops.RandomIndexShuffle(
+        index=example_numbers % num_examples,
+        seed=seeds,
+        max_index=tf.cast(num_examples - 1, tf.int64),
+        rounds=4,
+    )
+
+
+def global_batch_indices(
+    step: int, *, num_examples: int, global_batch_size: int, seed: int, repeats: int = 1
+) -> np.ndarray:
+    """Source record indices (int64, shape (global_batch_size,)) of the global batch at `step`.
+
+    Slot i reads `perm(seed, g // N)[g % N]` with `g = step * U + i % U`,
+    `U = global_batch_size / repeats` (see the module docstring).
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}.")
+    _check_order_args(
+        num_examples=num_examples, global_batch_size=global_batch_size, seed=seed, repeats=repeats
+    )
+    args = (step, num_examples, global_batch_size, seed, repeats)
+    return _global_batch_indices_graph(*[tf.constant(a, tf.int64) for a in args]).numpy()
+
+
+@tf.function(autograph=False)
+def _global_batch_indices_graph(step, num_examples, global_batch_size, seed, repeats):
+    """`global_batch_indices` as one traced graph (all arguments int64 scalars)."""
+    examples, _ = _example_and_slot(
+        step, 0, global_batch_size, global_batch_size=global_batch_size, repeats=repeats
+    )
+    return _record_indices(examples, num_examples, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.data assembly shared by the training and evaluation pipelines.
+# ---------------------------------------------------------------------------------------------
+
+
+class CorruptRecordError(ValueError):
+    """A record could not be preprocessed and `corrupt_records` is 'error'."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything that determines one host's batches."""
+
+    source: data_sources.RandomAccessSource
+    global_batch_size: int
+    host_batch_size: int
+    # Batch number -> dict of (host_batch,) tensors: `slot`, `record`, `index` (+ `mask`).
+    elements: Callable[[tf.Tensor], dict]
+    preprocess: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (image, slot) -> uint8 image.
+    num_batches: int | None  # None: endless.
+    corrupt_records: str
+    num_parallel_calls: int
+    prefetch: int
+    is_eval: bool
+
+
+def _read(plan: _Plan, elements: dict, overrides: dict[int, int]) -> dict:
+    """Reads each slot's record, or its substitute in `overrides` (slot -> record)."""
+    record, slot = elements.pop("record"), elements["slot"]
+    replaced = tf.zeros_like(slot, tf.bool)
+    if overrides:
+        keys = tf.constant(sorted(overrides), tf.int64)
+        values = tf.constant([overrides[k] for k in sorted(overrides)], tf.int64)
+        at = tf.minimum(tf.searchsorted(keys, slot), len(overrides) - 1)
+        replaced = tf.equal(tf.gather(keys, at), slot)
+        record = tf.where(replaced, tf.gather(values, at), record)
+    images, labels = plan.source.tf_read(record)
+    out = dict(elements, image=images, label=labels, replaced=replaced)
+    if plan.is_eval:
+        out["mask"] = out["mask"] & ~replaced
+    return out
+
+
+def _dataset(plan: _Plan, first_batch: int, overrides: dict[int, int]) -> tf.data.Dataset:
+    stop = plan.num_batches if plan.num_batches is not None else np.iinfo(np.int64).max
+    ds = tf.data.Dataset.range(first_batch, stop)
+    ds = ds.map(plan.elements)
+    ds = ds.map(lambda e: _read(plan, e, overrides), num_parallel_calls=plan.num_parallel_calls)
+    ds = ds.unbatch()
+
+    def preprocess(e):
+        e = dict(e)
+        e["image"] = plan.preprocess(e["image"], e.pop("slot"))
+        return e
+
+    ds = ds.map(preprocess, num_parallel_calls=plan.num_parallel_calls)
+    ds = ds.batch(plan.host_batch_size, drop_remainder=True)
+    if plan.prefetch:
+        ds = ds.prefetch(plan.prefetch)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
+
+
+def _summary(error: Exception) -> str:
+    """The first informative line of a TensorFlow error message."""
+    for line in str(getattr(error, "message", error)).splitlines():
+        line = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]", "", line).strip()
+        skip = ("Graph execution error", "Detected at node", "File ")
+        if line and not line.startswith(skip):
+            return line
+    return type(error).__name__
+
+
+def _substitutes(
+    plan: _Plan, preprocess, batch: int, overrides: dict, error: Exception
+) -> dict[int, int]:
+    """Finds the slots of `batch` whose preprocessing fails and returns their substitutes.
+
+    Re-runs each slot's preprocessing one by one; raises CorruptRecordError in 'error' mode,
+    and re-raises `error` if no slot fails on its own (the failure was not a corrupt record).
+    """
+    elements = {k: v.numpy() for k, v in plan.elements(tf.constant(batch, tf.int64)).items()}
+    slots = elements["slot"]
+    records = np.array(
+        [overrides.get(int(s), int(r)) for s, r in zip(slots, elements["record"], strict=True)]
+    )
+    images, _ = plan.source.read(records)  # Read errors are not corruption: let them raise.
+
+    def fails(image, slot) -> str | None:
+        try:
+            preprocess(tf.constant(image), tf.constant(slot, tf.int64))
+        except tf.errors.OpError as e:
+            return _summary(e)
+        return None
+
+    found = {}
+    for slot, record, image in zip(slots, records, images, strict=True):
+        message = fails(image, slot)
+        if message is None:
+            continue
+        if plan.corrupt_records == "error":
+            raise CorruptRecordError(
+                f"{plan.source.describe(int(record))} could not be preprocessed ({message}); "
+                "repair or remove it, or set config.data.corrupt_records='replace' to "
+                "substitute it deterministically."
+            ) from error
+        n = len(plan.source)
+        for offset in range(1, n):
+            candidate = (int(record) + offset) % n
+            if fails(plan.source.read(np.array([candidate]))[0][0], slot) is None:
+                found[int(slot)] = candidate
+                break
+        else:
+            raise CorruptRecordError(
+                f"No record of the split preprocesses successfully (the first failure: "
+                f"{plan.source.describe(int(record))}: {message}); check the data."
+            ) from error
+    if not found:
+        raise error
+    return found
+
+
+def _iterate(plan: _Plan, first_batch: int) -> Iterator[Batch]:
+    """Yields the host batches from `first_batch` on, rebuilding the dataset at a failing batch
+    with substitutes for its corrupt records."""
+    overrides: dict[int, int] = {}
+    batch = first_batch
+    # Runs one slot's preprocessing on its own, to find which records fail.
+    preprocess = tf.function(plan.preprocess, autograph=False, reduce_retracing=True)
+    while plan.num_batches is None or batch < plan.num_batches:
+        try:
+            for out in _dataset(plan, batch, overrides).as_numpy_iterator():
+                batch += 1
+                yield out
+            return
+        except GeneratorExit:  # Closed by its consumer: nothing to recover.
+            raise
+        except tf.errors.OpError as error:
+            earliest = batch * plan.global_batch_size
+            overrides = {s: r for s, r in overrides.items() if s >= earliest}
+            overrides.update(_substitutes(plan, preprocess, batch, overrides, error))
+
+
+def _host_range(global_batch_size: int, process_index, process_count) -> tuple[int, int]:
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index {process_index} is not in [0, process_count={process_count}); "
+            "pass this host's index and the number of hosts."
+        )
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not a positive multiple of the "
+            f"{process_count} hosts; choose a multiple of the host count."
+        )
+    host = global_batch_size // process_count
+    return process_index * host, (process_index + 1) * host
+
+
+def _open(data_config, split: str, source):
+    _check_config(data_config)
+    source = source if source is not None else data_sources.open_source(data_config, split)
+    if len(source) == 0:
+        raise ValueError(f"Split {split!r} is empty; point config.data at a split with data.")
+    if source.num_classes is not None and source.num_classes != data_config.num_classes:
+        raise ValueError(
+            f"Split {split!r} has {source.num_classes} classes but config.data.num_classes is "
+            f"{data_config.num_classes}; set config.data.num_classes={source.num_classes}."
+        )
+    return source
+
+
+def _parallelism(data_config) -> dict:
+    n = data_config.num_parallel_calls
+    return dict(
+        num_parallel_calls=tf.data.AUTOTUNE if n == -1 else int(n),
+        prefetch=tf.data.AUTOTUNE if data_config.prefetch == -1 else int(data_config.prefetch),
+        corrupt_records=data_config.corrupt_records,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public pipelines.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_preprocessing(data_config) -> augment.TrainPreprocessing:
+    c = data_config
+    return augment.TrainPreprocessing(
+        resolution=int(c.train_resolution),
+        area_range=tuple(c.crop_area_range),
+        aspect_ratio_range=tuple(c.crop_aspect_ratio_range),
+        flip=bool(c.random_flip),
+        randaugment=None if c.randaugment is None else tuple(c.randaugment),
+        random_erasing=float(c.random_erasing),
+        mean=tuple(c.mean),
+        std=tuple(c.std),
+        interpolation=c.interpolation,
+        fallback_crop_ratio=float(c.eval_crop_ratio),
+    )
+
+
+def eval_preprocessing(data_config) -> augment.EvalPreprocessing:
+    c = data_config
+    return augment.EvalPreprocessing(
+        resolution=int(c.eval_resolution),
+        crop_ratio=float(c.eval_crop_ratio),
+        interpolation=c.interpolation,
+    )
+
+
+def create_train_iterator(
+    data_config,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    source: data_sources.RandomAccessSource | None = None,
+) -> Iterator[Batch]:
+    """This host's slices of the global training batches of steps start_step, start_step + 1, ...
+
+    process_index / process_count default to jax's; `source` overrides the one named by the
+    config (e.g. a `data_sources.ArraySource` of in-memory arrays).
+    """
+    source = _open(data_config, data_config.train_split, source)
+    repeats = int(data_config.repeated_augmentation)
+    _check_order_args(
+        num_examples=len(source), global_batch_size=global_batch_size, seed=seed, repeats=repeats
+    )
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}; resume from a real step.")
+    lo, hi = _host_range(global_batch_size, process_index, process_count)
+    n = len(source)
+
+    def elements(step):
+        examples, slots = _example_and_slot(
+            step, lo, hi, global_batch_size=global_batch_size, repeats=repeats
+        )
+        records = _record_indices(examples, n, seed)
+        return dict(slot=slots, record=records, index=records)
+
+    train = train_preprocessing(data_config)
+    key = tf.constant([seed, _AUGMENT_SALT], tf.int64)
+
+    def preprocess(image, slot):
+        return augment.train_image(
+            image, tf.random.experimental.stateless_fold_in(key, slot), train
+        )
+
+    plan = _Plan(
+        source=source,
+        global_batch_size=global_batch_size,
+        host_batch_size=hi - lo,
+        elements=elements,
+        preprocess=preprocess,
+        num_batches=None,
+        is_eval=False,
+        **_parallelism(data_config),
+    )
+    return _iterate(plan, start_step)
+
+
+def create_eval_iterator(
+    data_config,
+    *,
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    source: data_sources.RandomAccessSource | None = None,
+) -> Iterator[Batch]:
+    """This host's slices of `ceil(N / global_batch_size)` global batches covering the eval
+    split once, in record order; slots past the end are padding with `mask` False and index -1.
+    """
+    source = _open(data_config, data_config.eval_split, source)
+    lo, hi = _host_range(global_batch_size, process_index, process_count)
+    n = len(source)
+
+    def elements(batch):
+        positions = tf.cast(batch, tf.int64) * global_batch_size + tf.range(lo, hi, dtype=tf.int64)
+        mask = positions < n
+        return dict(
+            slot=positions, record=positions % n, index=tf.where(mask, positions, -1), mask=mask
+        )
+
+    evaluation = eval_preprocessing(data_config)
+
+    def preprocess(image, slot):
+        del slot  # Evaluation preprocessing is not random.
+        return augment.eval_image(image, evaluation)
+
+    plan = _Plan(
+        source=source,
+        global_batch_size=global_batch_size,
+        host_batch_size=hi - lo,
+        elements=elements,
+        preprocess=preprocess,
+        num_batches=math.ceil(n / global_batch_size),
+        is_eval=True,
+        **_parallelism(data_config),
+    )
+    return _iterate(plan, 0)
+
+
+def num_examples(data_config, split: str) -> int:
+    """Number of records in `split` of the dataset named by `config.data`."""
+    return len(data_sources.open_source(data_config, split))
+
+
+# ---------------------------------------------------------------------------------------------
+# Device side.
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize(images_uint8, data_config, dtype=jnp.float32) -> jax.Array:
+    """`(x / 255 - mean) / std` per RGB channel, computed in float32, returned as `dtype`."""
+    mean = 255.0 * jnp.asarray(data_config.mean, jnp.float32)
+    std = 255.0 * jnp.asarray(data_config.std, jnp.float32)
+    return ((jnp.asarray(images_uint8, jnp.float32) - mean) / std).astype(dtype)
+
+
+def to_global_batch(host_batch: Batch, sharding: jax.sharding.NamedSharding) -> dict:
+    """Global jax arrays from each host's batch slice, batch axis sharded as `sharding`.
+
+    `sharding.spec` names the mesh axes of the batch dimension (e.g. P(('data', 'fsdp')));
+    each array uses it for its leading axis and replicates the rest. int64 arrays become int32
+    when jax runs without x64 (an index too large for int32 is an error).
+    """
+    batch_axes = sharding.spec[0] if len(sharding.spec) else None
+    spec = jax.sharding.PartitionSpec(batch_axes)
+    out = {}
+    for key, value in host_batch.items():
+        value = np.asarray(value)
+        if value.dtype == np.int64 and not jax.config.jax_enable_x64:
+            info = np.iinfo(np.int32)
+            if value.size and (value.min() < info.min or value.max() > info.max):
+                raise ValueError(
+                    f"Batch entry {key!r} holds values beyond int32; enable jax_enable_x64 or "
+                    "leave it out of the device batch."
+                )
+            value = value.astype(np.int32)
+        out[key] = jax.make_array_from_process_local_data(
+            jax.sharding.NamedSharding(sharding.mesh, spec), value
+        )
+    return out
