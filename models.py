@@ -8,7 +8,7 @@ import importlib
 from flax import linen as nn
 
 # Family name -> package exporting VARIANTS, create(), from_timm() (see DESIGN.md).
-FAMILIES = {"nfnet": "nfnets"}
+FAMILIES = {"nfnet": "nfnets", "convnext": "convnext", "vit": "vit"}
 
 
 def family_package(family: str):

@@ -1,0 +1,92 @@
+"""Pieces shared by every config: the base config and the `get_config(arg)` argument parser.
+
+A config file's `get_config(arg)` takes an optional string such as "epochs=8,lr=1.6,imagenet":
+comma-separated `key=value` pairs and bare flags, parsed against the defaults it declares.
+"""
+
+import ast
+
+import ml_collections
+
+import input_pipeline
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses "a=1,b=x,flag" against `defaults` (values keep the defaults' types; a bare word
+    sets a bool default to True). Unknown keys are an error naming the valid ones."""
+    parsed = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"Unknown config argument {key!r}; valid: {sorted(defaults)}.")
+        default = defaults[key]
+        if not sep:
+            if not isinstance(default, bool):
+                raise ValueError(f"Config argument {key!r} needs a value: {key}=...")
+            parsed[key] = True
+        elif isinstance(default, bool):
+            parsed[key] = value.strip().lower() in ("1", "true", "yes")
+        elif isinstance(default, int | float):
+            parsed[key] = type(default)(ast.literal_eval(value.strip()))
+        else:
+            parsed[key] = value.strip()
+    return parsed
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults every model config starts from; see the comments for each field."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="nfnet_f0",  # '<family>_<variant>', see models.py.
+            # Module field overrides passed to the family's create(), e.g. stochastic_depth.
+            overrides=ml_collections.ConfigDict(),
+        )
+    )
+    c.compute_dtype = "bfloat16"  # Activations; params and optimizer state stay float32.
+    c.data = input_pipeline.default_data_config()
+    # Training length: total_epochs over num_train_examples (-1: the train split's size).
+    c.num_train_examples = -1
+    c.total_epochs = 1.0
+    c.total_steps = -1  # If > 0, overrides total_epochs.
+    c.global_batch_size = 4096
+    c.grad_accum_steps = 1  # Micro-batches per step (same update, less memory).
+    c.eval_batch_size = 1024
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="sgd_agc",  # 'sgd_agc' or 'adamw'.
+            learning_rate=1.6,  # Peak lr at reference_batch_size, scaled linearly with batch.
+            reference_batch_size=4096,
+            schedule="cosine",
+            warmup_epochs=5.0,
+            warmup_steps=-1,  # If >= 0, overrides warmup_epochs.
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=2e-5,
+            weight_decay_exclude=(),  # Regexes over '/'-joined param paths; 1-D never decays.
+            agc_clip=0.01,  # None disables AGC.
+            agc_eps=1e-3,
+            agc_exclude=(r"^head/kernel$",),
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            clip_global_norm=ml_collections.FieldReference(None, field_type=float),
+        )
+    )
+    c.label_smoothing = 0.0
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
+    c.ema_decay = ml_collections.FieldReference(None, field_type=float)  # None: no EMA.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices.
+    c.fsdp_min_shard_size = 2**18  # Smaller tensors are replicated.
+    c.nonfinite_policy = "halt"  # NaN/Inf loss or gradient: 'halt' or 'skip' the update.
+    c.log_every_steps = 100
+    c.eval_every_steps = 5000  # Also evaluated at the end. <= 0: only at the end.
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    # Peak FLOP/s per device for MFU; None looks the device up in hardware.py.
+    c.peak_flops_per_device = ml_collections.FieldReference(None, field_type=float)
+    return c

@@ -1,0 +1,7 @@
+"""ConvNeXt-T (tiny); arguments as in configs/convnext.py, e.g. :epochs=100"""
+
+from configs.convnext import convnext_config
+
+
+def get_config(arg=None):
+    return convnext_config("tiny", arg)

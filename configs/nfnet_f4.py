@@ -1,0 +1,7 @@
+"""NFNet-F4; arguments as in configs/nfnet.py, e.g. --config=configs/nfnet_f4.py:epochs=2,lr=0.8"""
+
+from configs.nfnet import nfnet_config
+
+
+def get_config(arg=None):
+    return nfnet_config("F4", arg)

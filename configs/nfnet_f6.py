@@ -1,0 +1,7 @@
+"""NFNet-F6; arguments as in configs/nfnet.py, e.g. --config=configs/nfnet_f6.py:epochs=2,lr=0.8"""
+
+from configs.nfnet import nfnet_config
+
+
+def get_config(arg=None):
+    return nfnet_config("F6", arg)

@@ -1,0 +1,7 @@
+"""ViT_P-1GF (Xiao et al. 2021, Table 1); arguments as in configs/vit.py, e.g. :sgd,epochs=100"""
+
+from configs.vit import vit_config
+
+
+def get_config(arg=None):
+    return vit_config("P-1GF", arg)

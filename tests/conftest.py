@@ -1,0 +1,33 @@
+"""Test-session settings, inherited by the train.py subprocesses that tests start.
+
+- A persistent XLA compilation cache shared by every test, so the same tiny model is compiled
+  once per session.
+- XLA:CPU compiles at optimization level 0: the tests' models are tiny, so this costs little run
+  time, and it cuts compile time several-fold (XLA:CPU spends minutes optimizing the unrolled
+  threefry kernels of random initializers).
+"""
+
+import os
+import tempfile
+
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])
+)
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest
+
+CACHE_DIR = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jax-test-compile-cache")
+)
+# Read by jax at import in subprocesses too.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return str(tmp_path / "run")

@@ -1,0 +1,383 @@
+r"""Trains any model of this codebase; the same command resumes from the workdir's checkpoint.
+
+    python train.py --config=configs/nfnet_f7plus.py:epochs=8,lr=1.6 --workdir=DIR
+    python train.py --config=configs/quickstart.py --workdir=/tmp/quickstart --config.seed=1
+    python train.py --config=configs/nfnet_f0.py:imagenet --workdir=DIR --dry_run
+
+Writes DIR/config.json, DIR/metrics.jsonl (one JSON object per logged step), TensorBoard
+summaries and DIR/checkpoints/. One code path for one CPU, a GPU box, a TPU host or a
+multi-host pod: config -> mesh -> data -> model -> sharded jitted step -> metrics/checkpoints.
+"""
+
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import checkpoint
+import hardware
+import input_pipeline
+import macs
+import models
+import optim
+import sharding
+import steps
+from metric_logging import MetricsLog
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:argument].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Build everything, print sizes, shardings and step count, then exit."
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which and how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup: distributed runtime, config checks, run length.
+# ----------------------------------------------------------------------------------------------
+
+
+def maybe_initialize_distributed() -> None:
+    """Starts JAX's multi-process runtime when the environment describes several processes:
+    JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID), or a multi-host TPU slice."""
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()
+
+
+def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    devices, processes = mesh.devices.size, jax.process_count()
+    batch, accum = config.global_batch_size, config.grad_accum_steps
+    need(batch > 0, f"global_batch_size must be positive, got {batch}.")
+    need(accum >= 1, f"grad_accum_steps must be >= 1, got {accum}.")
+    need(
+        batch % (devices * accum) == 0,
+        f"global_batch_size {batch} must be divisible by devices ({devices}) x grad_accum_steps "
+        f"({accum}); change global_batch_size, grad_accum_steps or config.mesh.",
+    )
+    need(
+        batch % processes == 0 and config.eval_batch_size % devices == 0,
+        f"global_batch_size {batch} must split over {processes} processes and eval_batch_size "
+        f"{config.eval_batch_size} over {devices} devices.",
+    )
+    need(config.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive.")
+    need(
+        config.nonfinite_policy in ("halt", "skip"),
+        f"nonfinite_policy is {config.nonfinite_policy!r}; choose 'halt' or 'skip'.",
+    )
+    need(
+        config.compute_dtype in ("float32", "bfloat16", "float16"),
+        f"compute_dtype {config.compute_dtype!r} is not one of float32, bfloat16, float16.",
+    )
+    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
+    decay = config.ema_decay
+    need(decay is None or 0 < decay < 1, f"ema_decay must be in (0, 1) or None, got {decay}.")
+
+
+def run_length(config, num_train_examples: int) -> tuple[int, int]:
+    """(total_steps, warmup_steps) from epochs or explicit step counts."""
+    steps_per_epoch = num_train_examples / config.global_batch_size
+    if config.total_steps > 0:
+        total = config.total_steps
+    elif config.total_epochs > 0:
+        # Rounded down, as the reference (360 ImageNet epochs at batch 4096: 112,602 steps).
+        total = max(1, math.floor(config.total_epochs * steps_per_epoch))
+    else:
+        raise ConfigError("Set total_epochs or total_steps to a positive value.")
+    opt = config.optimizer
+    if opt.warmup_steps >= 0:
+        warmup = opt.warmup_steps
+    else:
+        warmup = round(opt.warmup_epochs * steps_per_epoch)
+    if warmup > total:
+        raise ConfigError(
+            f"Warm-up ({warmup} steps) is longer than the run ({total} steps); lower "
+            "optimizer.warmup_epochs / warmup_steps or train longer."
+        )
+    return total, warmup
+
+
+def create_model(config):
+    return models.create(
+        config.model.name,
+        num_classes=config.data.num_classes,
+        dtype=jnp.dtype(config.compute_dtype),
+        **config.model.overrides,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation.
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str) -> dict:
+    """Loss, top-1 and top-5 over the whole eval split, each example counted once."""
+    totals = None
+    iterator = input_pipeline.create_eval_iterator(
+        config.data, global_batch_size=config.eval_batch_size
+    )
+    for host_batch in iterator:
+        batch = input_pipeline.to_global_batch(
+            {k: host_batch[k] for k in ("image", "label", "mask")}, batch_sharding
+        )
+        sums = eval_step(params, batch_stats, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals["count"])
+    return {
+        f"{prefix}loss": float(totals["loss"]) / count,
+        f"{prefix}top1": float(totals["top1"]) / count,
+        f"{prefix}top5": float(totals["top5"]) / count,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False):
+    maybe_initialize_distributed()
+    try:
+        mesh = sharding.create_mesh(dict(config.mesh))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    validate_config(config, mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+
+    # Data: the run length and every batch follow from the config and the step alone.
+    num_train = config.num_train_examples
+    if num_train <= 0:
+        num_train = input_pipeline.num_examples(config.data, config.data.train_split)
+    total_steps, warmup_steps = run_length(config, num_train)
+
+    # Model, optimizer and the sharded train state, created directly in its sharding.
+    model = create_model(config)
+    peak_lr = optim.scaled_learning_rate(config.optimizer, config.global_batch_size)
+    schedule = optim.learning_rate_schedule(
+        peak_lr, total_steps, warmup_steps, config.optimizer.schedule
+    )
+    optimizer = optim.create_optimizer(config.optimizer, schedule)
+    image_shape = (config.data.train_resolution, config.data.train_resolution, 3)
+    init = lambda key: steps.create_state(
+        model, optimizer, key, image_shape, ema=config.ema_decay is not None
+    )
+    init_key = jax.random.key(config.seed)
+    abstract_state = jax.eval_shape(init, init_key)
+    state_sharding = sharding.tree_shardings(abstract_state, mesh, config.fsdp_min_shard_size)
+    num_params = macs.count_params(abstract_state.params)
+    macs_per_example = macs.model_macs(model, config.data.train_resolution)
+
+    if dry_run:
+        print_dry_run(config, mesh, abstract_state, state_sharding, num_params,
+                      macs_per_example, total_steps, warmup_steps, num_train)
+        return None
+
+    checkpoint.check_or_write_config(workdir, config)
+    checkpointer = checkpoint.Checkpointer(
+        workdir,
+        every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing,
+    )
+    checkpointer.watch_sigterm()
+    with jax.set_mesh(mesh):
+        abstract_sharded = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract_state, state_sharding,
+        )
+        state = checkpointer.restore_latest(abstract_sharded)
+        if state is None:
+            state = jax.jit(init, out_shardings=state_sharding)(init_key)
+        start_step = int(state.step)
+
+        normalize = lambda images: input_pipeline.normalize(
+            images, config.data, jnp.dtype(config.compute_dtype)
+        )
+        train_step = jax.jit(
+            steps.make_train_step(
+                model, optimizer, schedule,
+                seed=config.seed,
+                num_classes=config.data.num_classes,
+                normalize=normalize,
+                label_smoothing=config.label_smoothing,
+                mixup_alpha=config.mixup_alpha,
+                cutmix_alpha=config.cutmix_alpha,
+                grad_accum_steps=config.grad_accum_steps,
+                ema_decay=config.ema_decay,
+            ),
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=(state_sharding, sharding.replicated(mesh)),
+            donate_argnums=0,
+        )
+        eval_step = jax.jit(
+            steps.make_eval_step(model, normalize),
+            in_shardings=(state_sharding.params, state_sharding.batch_stats, batch_sharding),
+            out_shardings=sharding.replicated(mesh),
+        )
+
+        log = MetricsLog(workdir, resume_step=start_step, total_steps=total_steps)
+        train_flops_per_step = 6 * macs_per_example * config.global_batch_size
+        peak = config.peak_flops_per_device or hardware.peak_flops_per_second(
+            jax.devices()[0].device_kind
+        )
+        # Seconds a step would take at the devices' peak FLOP/s: MFU = that / actual step time.
+        ideal_step_time = train_flops_per_step / (peak * mesh.devices.size) if peak else None
+        if jax.process_index() == 0:
+            logging.info(
+                "%s: %s params, %.3f GMACs/example; steps %d -> %d of %d (%.3f epochs of %d).",
+                config.model.name, f"{num_params:,}", macs_per_example / 1e9, start_step,
+                total_steps, total_steps, total_steps * config.global_batch_size / num_train,
+                num_train,
+            )
+
+        def run_eval(state) -> dict:
+            results = evaluate(eval_step, state.params, state.batch_stats, config,
+                               batch_sharding, "eval_")
+            if state.ema_params is not None:
+                results |= evaluate(eval_step, state.ema_params, state.batch_stats, config,
+                                    batch_sharding, "ema_eval_")
+            return results
+
+        train_iter = input_pipeline.create_train_iterator(
+            config.data,
+            global_batch_size=config.global_batch_size,
+            seed=config.seed,
+            start_step=start_step,
+        )
+        try:
+            last_log_time, last_log_step = time.perf_counter(), start_step
+            step = start_step
+            while step < total_steps:
+                host_batch = next(train_iter)
+                batch = input_pipeline.to_global_batch(
+                    {k: host_batch[k] for k in ("image", "label", "replaced")}, batch_sharding
+                )
+                state, metrics = train_step(state, batch)
+                step += 1
+
+                is_last = step == total_steps
+                eval_due = is_last or (config.eval_every_steps > 0
+                                       and step % config.eval_every_steps == 0)
+                if step % config.log_every_steps == 0 or eval_due:
+                    check_finite(state, config.nonfinite_policy)
+                    now = time.perf_counter()
+                    step_time = (now - last_log_time) / (step - last_log_step)
+                    record = progress_record(
+                        step, jax.device_get(metrics), state, step_time, config, num_train,
+                        total_steps, ideal_step_time=ideal_step_time,
+                    )
+                    if eval_due:
+                        record |= run_eval(state)
+                        now = time.perf_counter()  # Evaluation time is not step time.
+                    last_log_time, last_log_step = now, step
+                    log.write(step, record)
+                    log.progress(step, record)
+
+                preempted = checkpointer.preempted(step)
+                if checkpointer.due(step) or is_last or preempted:
+                    check_finite(state, config.nonfinite_policy)
+                    checkpointer.save(step, state)
+                if preempted and not is_last:
+                    logging.warning("Preempted: saved step %d; rerun the same command to resume.",
+                                    step)
+                    break
+        finally:
+            # Healthy checkpoints still being written are completed, whatever stopped the loop.
+            checkpointer.close()
+            log.close()
+    return state
+
+
+def progress_record(step, metrics, state, step_time, config, num_train, total_steps, *,
+                    ideal_step_time) -> dict:
+    """The metrics.jsonl fields of a logged step (train metrics of that very step)."""
+    record = dict(metrics)
+    record |= {
+        "epoch": step * config.global_batch_size / num_train,
+        "examples_seen": step * config.global_batch_size,
+        "nonfinite_steps": int(state.nonfinite_count),
+        "replaced_records": int(state.replaced_records),
+        "step_time": step_time,
+        "examples_per_sec": config.global_batch_size / step_time,
+        "eta_hours": (total_steps - step) * step_time / 3600,
+    }
+    if ideal_step_time:
+        record["mfu"] = ideal_step_time / step_time
+    return record
+
+
+def check_finite(state, policy: str) -> None:
+    """With the 'halt' policy, stops (before any checkpoint) at the first NaN/Inf step."""
+    first = int(state.first_nonfinite_step)
+    if policy == "halt" and first >= 0:
+        raise FloatingPointError(
+            f"Loss or gradient was NaN/Inf at step {first}; the update was not applied and no "
+            "checkpoint was written after it. Lower the learning rate, or set "
+            "nonfinite_policy='skip' to skip such steps."
+        )
+
+
+def print_dry_run(config, mesh, abstract_state, state_sharding, num_params, macs_per_example,
+                  total_steps, warmup_steps, num_train) -> None:
+    def per_device_bytes(tree, shardings) -> int:
+        total = 0
+        for leaf, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
+            shard = s.shard_shape(leaf.shape)
+            total += int(np.prod(shard)) * leaf.dtype.itemsize
+        return total
+
+    print(f"model            {config.model.name}")
+    print(f"parameters       {num_params:,}")
+    print(f"MACs / example   {macs_per_example / 1e9:.3f} G at {config.data.train_resolution} px")
+    print(f"mesh             {dict(mesh.shape)} over {mesh.devices.size} devices, "
+          f"{jax.process_count()} processes")
+    print(f"train state      {per_device_bytes(abstract_state, state_sharding) / 2**30:.3f} GiB "
+          "per device (params, optimizer state, EMA)")
+    print(f"steps            {total_steps:,} ({warmup_steps:,} warm-up), batch "
+          f"{config.global_batch_size}, {total_steps * config.global_batch_size / num_train:.3f} "
+          f"epochs of {num_train:,} examples")
+    print(f"train FLOPs      {6 * macs_per_example * config.global_batch_size * total_steps:.3e} "
+          "(6 x MACs x examples)")
+    print("param shardings:")
+    for line in sharding.describe(state_sharding.params, abstract_state.params):
+        print("  " + line)
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py.")
+    if not _DRY_RUN.value and not _WORKDIR.value:
+        raise app.UsageError("--workdir is required (it also resumes a run).")
+    try:
+        train_and_evaluate(config, _WORKDIR.value, dry_run=_DRY_RUN.value)
+    except (ConfigError, checkpoint.RunMismatchError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
