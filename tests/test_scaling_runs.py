@@ -1,0 +1,117 @@
+"""The runs table: collecting train.py work directories, CSV round trip, bad input."""
+
+import json
+
+import pytest
+
+from scaling import cli, compute, runs
+
+NUM_TRAIN = 1000
+BATCH = 64
+
+
+def make_workdir(root, name, *, lr=0.8, epochs=2.0, loss=2.5, ema=False, finished=True, **cfg):
+    workdir = root / name
+    workdir.mkdir()
+    config = {
+        "model": {"name": "nfnet_f0"},
+        "data": {"name": "imagenet2012", "num_classes": 1000, "train_resolution": 224,
+                 "eval_resolution": 256},
+        "optimizer": {"learning_rate": lr, **({"ema_decay": 0.9999} if ema else {})},
+        "total_epochs": epochs,
+        "global_batch_size": BATCH,
+        "num_train_examples": NUM_TRAIN,
+        "seed": 0,
+    }  # fmt: skip
+    config.update(cfg)
+    (workdir / "config.json").write_text(json.dumps(config))
+    steps = int(epochs * NUM_TRAIN) // BATCH
+    last = steps if finished else steps // 2
+    lines = []
+    for step in range(1, last + 1):
+        seen = step * BATCH
+        line = {"step": step, "epoch": seen / NUM_TRAIN, "examples_seen": seen, "lr": lr,
+                "train_loss": 3.0}  # fmt: skip
+        if step in (last // 2, last):
+            line.update(eval_loss=loss + (step != last), eval_top1=0.7, eval_top5=0.9)
+            if ema:
+                line.update(ema_eval_loss=loss - 0.1, ema_eval_top1=0.72)
+        lines.append(json.dumps(line))
+    (workdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return workdir
+
+
+def test_collect_reads_finished_runs(tmp_path):
+    make_workdir(tmp_path, "a", lr=0.8, loss=2.5)
+    make_workdir(tmp_path, "b", lr=0.4, loss=2.4, ema=True)
+    make_workdir(tmp_path, "c", finished=False)
+    rows, skipped = runs.collect(sorted(tmp_path.iterdir()))
+    assert [r["run"] for r in rows] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert len(skipped) == 1 and "unfinished" in skipped[0] and "/c" in skipped[0]
+    a, b = rows
+    cost = compute.model_cost("nfnet_f0", 224, 1000)
+    seen = (2 * NUM_TRAIN // BATCH) * BATCH
+    assert a["examples_seen"] == seen and a["epochs"] == pytest.approx(seen / NUM_TRAIN)
+    assert a["compute_flops"] == pytest.approx(6 * cost.macs_per_example * seen)
+    assert (a["params"], a["macs_per_example"]) == (cost.params, cost.macs_per_example)
+    assert (a["heldout_loss"], a["top1"], a["lr"]) == (2.5, 0.7, 0.8)  # the last eval line
+    assert (b["heldout_loss"], b["top1"]) == (pytest.approx(2.3), 0.72)  # EMA values
+
+
+def test_csv_round_trip(tmp_path):
+    make_workdir(tmp_path, "a")
+    rows, _ = runs.collect([tmp_path / "a"])
+    runs.write_csv(rows, tmp_path / "runs.csv")
+    assert runs.read_csv(tmp_path / "runs.csv") == rows
+
+
+def test_missing_config_fields_are_named(tmp_path):
+    workdir = make_workdir(tmp_path, "a")
+    config = json.loads((workdir / "config.json").read_text())
+    del config["data"]["num_classes"]
+    (workdir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(runs.RunsError, match="data.num_classes"):
+        runs.collect([workdir])
+
+
+def test_bad_config_values_are_named(tmp_path):
+    workdir = make_workdir(tmp_path, "a", total_epochs=0)
+    with pytest.raises(runs.RunsError, match="`total_epochs` = 0 must be a positive number"):
+        runs.collect([workdir])
+    (workdir / "config.json").write_text("{")
+    with pytest.raises(runs.RunsError, match="config.json is not valid JSON"):
+        runs.collect([workdir])
+
+
+def test_corrupt_metrics_name_the_line(tmp_path):
+    workdir = make_workdir(tmp_path, "a")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(runs.RunsError, match=r"metrics.jsonl:32 is not valid JSON"):
+        runs.collect([workdir])
+    with pytest.raises(runs.RunsError, match="config.json is missing"):
+        runs.collect([tmp_path])
+
+
+def test_bad_rows_are_listed_with_what_they_need(tmp_path):
+    make_workdir(tmp_path, "a")
+    rows, _ = runs.collect([tmp_path / "a"])
+    bad = [dict(rows[0], lr=-0.1), dict(rows[0], heldout_loss=None), dict(rows[0], top1=71.0)]
+    runs.write_csv(rows + bad, tmp_path / "runs.csv")
+    with pytest.raises(runs.RunsError) as err:
+        runs.read_csv(tmp_path / "runs.csv")
+    message = str(err.value)
+    assert "line 3: lr=-0.1 must be positive" in message
+    assert "line 4: heldout_loss is empty" in message
+    assert "line 5: top1=71.0 must be a fraction" in message
+    assert "line 2" not in message
+
+
+def test_collect_command_writes_the_csv(tmp_path, capsys):
+    make_workdir(tmp_path, "a")
+    make_workdir(tmp_path, "c", finished=False)
+    out = tmp_path / "runs.csv"
+    assert cli.main(["collect", str(tmp_path / "a"), str(tmp_path / "c"), "-o", str(out)]) == 0
+    assert len(runs.read_csv(out)) == 1
+    captured = capsys.readouterr()
+    assert "1 unfinished left out" in captured.out and "skipped" in captured.err
