@@ -1,7 +1,8 @@
 """NFNet outputs equal timm's on the same (randomized) weights.
 
 CI checks the exported tiny fixture (no torch needed); where torch and timm are installed,
-full-size NFNet-F0 is checked too. Regenerate fixtures: python tests/fixtures/export_timm_fixtures.py
+full-size NFNet-F0 is checked too. Regenerate the fixtures with
+tests/fixtures/export_timm_fixtures.py.
 """
 
 from pathlib import Path
