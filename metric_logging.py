@@ -24,8 +24,11 @@ class MetricsLog:
         self.is_writer = jax.process_index() == 0
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.total_steps = total_steps
-        self.writer = metric_writers.create_default_writer(
-            workdir, just_logging=not self.is_writer, asynchronous=True
+        # TensorBoard summaries (process 0 only); the console gets `progress` lines instead.
+        self.writer = (
+            metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+            if self.is_writer
+            else None
         )
         if self.is_writer:
             self._truncate_after(resume_step)
@@ -48,8 +51,9 @@ class MetricsLog:
         if self.is_writer:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
-        self.writer.write_scalars(step, scalars)
+        if self.writer is not None:
+            scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
+            self.writer.write_scalars(step, scalars)
 
     def progress(self, step: int, metrics: dict) -> None:
         """One console line: step, loss, throughput, ETA."""
@@ -62,11 +66,12 @@ class MetricsLog:
             value = metrics.get(key)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 parts.append(f"{key} {value:{fmt}}")
-        print(time.strftime("%H:%M:%S"), " | ".join(parts), flush=True)
+        print(f"{time.strftime('%H:%M:%S')} {' | '.join(parts)}", flush=True)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
 
 
 def _plain(value):

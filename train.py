@@ -194,6 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                       macs_per_example, total_steps, warmup_steps, num_train)
         return None
 
+    if "://" not in workdir:  # Local path (orbax needs it absolute); gs://... kept as is.
+        workdir = os.path.abspath(workdir)
     checkpoint.check_or_write_config(workdir, config)
     checkpointer = checkpoint.Checkpointer(
         workdir,
@@ -245,11 +247,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
         # Seconds a step would take at the devices' peak FLOP/s: MFU = that / actual step time.
         ideal_step_time = train_flops_per_step / (peak * mesh.devices.size) if peak else None
         if jax.process_index() == 0:
-            logging.info(
-                "%s: %s params, %.3f GMACs/example; steps %d -> %d of %d (%.3f epochs of %d).",
-                config.model.name, f"{num_params:,}", macs_per_example / 1e9, start_step,
-                total_steps, total_steps, total_steps * config.global_batch_size / num_train,
-                num_train,
+            print(
+                f"{config.model.name}: {num_params:,} params, {macs_per_example / 1e9:.3f} "
+                f"GMACs/example, {mesh.devices.size} devices; "
+                f"{'resuming at' if start_step else 'starting'} step {start_step} of "
+                f"{total_steps} ({total_steps * config.global_batch_size / num_train:.3f} epochs "
+                f"of {num_train:,} examples); workdir {workdir}",
+                flush=True,
             )
 
         def run_eval(state) -> dict:
@@ -367,6 +371,7 @@ def print_dry_run(config, mesh, abstract_state, state_sharding, num_params, macs
 
 def main(argv) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)  # Keep library INFO logs off the console.
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py.")

@@ -46,8 +46,9 @@ def test_create_mesh_resolves_minus_one_and_rejects_bad_shapes():
 
 def run_train(workdir: Path, num_devices: int, *flags: str) -> list[dict]:
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(num_devices), JAX_PLATFORMS="cpu")
-    command = [
-        sys.executable, "train.py", "--config=configs/quickstart.py", f"--workdir={workdir}",
+    command = [  # A relative --workdir, as users type it.
+        sys.executable, "train.py", "--config=configs/quickstart.py",
+        f"--workdir={os.path.relpath(workdir, REPO)}",
         "--config.global_batch_size=32", "--config.eval_batch_size=64",
         "--config.total_steps=3", "--config.optimizer.warmup_steps=1",
         "--config.log_every_steps=1", "--config.eval_every_steps=3",
