@@ -52,7 +52,8 @@ class MetricsLog:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
+            scalars = {k: v for k, v in record.items() if isinstance(v, int | float)}
+            scalars.pop("step")
             self.writer.write_scalars(step, scalars)
 
     def progress(self, step: int, metrics: dict) -> None:

@@ -3,6 +3,7 @@
 A model name is `<family>_<variant>`; the family package resolves the variant spelling.
 """
 
+import dataclasses
 import importlib
 
 from flax import linen as nn
@@ -39,3 +40,19 @@ def variant_info(name: str) -> dict:
     family, variant = split_name(name)
     package = family_package(family)
     return dict(package.VARIANTS[package.canonical_name(variant)])
+
+
+def build(module: type[nn.Module], table_entry: dict, recipe_fields, num_classes: int,
+          overrides: dict, family: str) -> nn.Module:
+    """A family's `create()`: the variant's hyper-parameters (recipe entries dropped) updated by
+    `overrides`, which must be fields of `module`; unknown ones are an error naming the valid."""
+    fields = {f.name for f in dataclasses.fields(module)} - {"parent", "name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"Unknown {family} override(s) {unknown}; valid fields are {sorted(fields)}."
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}.")
+    hparams = {k: v for k, v in table_entry.items() if k not in recipe_fields}
+    return module(num_classes=num_classes, **{**hparams, **overrides})

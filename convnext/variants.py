@@ -6,10 +6,9 @@ roadmap as 'roadmap_<step>' (see `convnext.roadmap`). Each entry holds plain hyp
 `ConvNeXt` module fields plus recipe figures (resolutions), which `create()` does not pass on.
 """
 
-import dataclasses
-
 from flax import linen as nn
 
+import models
 from convnext.model import ConvNeXt
 from convnext.roadmap import ROADMAP
 
@@ -65,13 +64,5 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     Overrides are ConvNeXt module fields, e.g. `drop_path_rate=0.0`, `dtype=jnp.bfloat16`,
     `head_init_scale=0.001` (fine-tuning), or `depths=(1, 1, 1, 1)` for a small test model.
     """
-    fields = {f.name for f in dataclasses.fields(ConvNeXt)} - {"parent", "name"}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(
-            f"Unknown ConvNeXt override(s) {unknown}; valid fields are {sorted(fields)}."
-        )
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}.")
-    hparams = {k: v for k, v in VARIANTS[canonical_name(variant)].items() if k not in RECIPE_FIELDS}
-    return ConvNeXt(num_classes=num_classes, **{**hparams, **overrides})
+    entry = VARIANTS[canonical_name(variant)]
+    return models.build(ConvNeXt, entry, RECIPE_FIELDS, num_classes, overrides, "ConvNeXt")

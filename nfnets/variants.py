@@ -5,10 +5,9 @@ plus the recipe figures that belong to the variant (resolutions, RandAugment), w
 `create()` does not pass to the module.
 """
 
-import dataclasses
-
 from flax import linen as nn
 
+import models
 from nfnets.model import NFNet
 
 # Brock et al. 2021a, Table 1 / deepmind-research/nfnets `base.nfnet_params`.
@@ -87,13 +86,5 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     Overrides are NFNet module fields, e.g. `activation='relu'`, `stochastic_depth=0.1`,
     `dropout=0.0`, `dtype=jnp.bfloat16`, `bottleneck_rounding='none'`, or `**TIMM_NUMERICS`.
     """
-    fields = {f.name for f in dataclasses.fields(NFNet)} - {"parent", "name"}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(
-            f"Unknown NFNet override(s) {unknown}; valid fields are {sorted(fields)}."
-        )
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}.")
-    hparams = {k: v for k, v in VARIANTS[canonical_name(variant)].items() if k not in RECIPE_FIELDS}
-    return NFNet(num_classes=num_classes, **{**hparams, **overrides})
+    entry = VARIANTS[canonical_name(variant)]
+    return models.build(NFNet, entry, RECIPE_FIELDS, num_classes, overrides, "NFNet")

@@ -12,11 +12,11 @@ Each entry holds the ViT module's fields plus `resolution`, the image size (px) 
 reference parameter and MAC counts refer to, which `create()` does not pass to the module.
 """
 
-import dataclasses
 import re
 
 from flax import linen as nn
 
+import models
 from vit.model import ViT
 
 # big_vision `decode_variant` (Zhai et al. 2022, Table 2): width, depth, MLP dim, heads.
@@ -173,9 +173,5 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     Overrides are ViT module fields, e.g. `pool='map'`, `posemb='sincos2d'`, `scan=True`,
     `remat=True`, `stochastic_depth=0.1`, `dtype=jnp.bfloat16`, `**BIG_VISION_NUMERICS`.
     """
-    fields = {f.name for f in dataclasses.fields(ViT)} - {"parent", "name"}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"Unknown ViT override(s) {unknown}; valid fields are {sorted(fields)}.")
-    hparams = {k: v for k, v in VARIANTS[canonical_name(variant)].items() if k not in RECIPE_FIELDS}
-    return ViT(num_classes=num_classes, **{**hparams, **overrides})
+    entry = VARIANTS[canonical_name(variant)]
+    return models.build(ViT, entry, RECIPE_FIELDS, num_classes, overrides, "ViT")
