@@ -1,7 +1,7 @@
-"""Test-session settings, inherited by the train.py subprocesses that tests start.
+"""Settings for a pytest run, inherited by the train.py subprocesses that tests start.
 
 - A persistent XLA compilation cache shared by every test, so the same tiny model is compiled
-  once per session.
+  once per run.
 - XLA:CPU compiles at optimization level 0: the tests' models are tiny, so this costs little run
   time, and it cuts compile time several-fold (XLA:CPU spends minutes optimizing the unrolled
   threefry kernels of random initializers).
