@@ -9,12 +9,15 @@ update for update:
 AdamW (Loshchilov & Hutter 2019) is optax's, with decoupled decay masked the same way.
 """
 
+import math
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -81,10 +84,13 @@ def sgd_agc(
     agc_clip: float | None = 0.01,
     agc_eps: float = 1e-3,
     agc_exclude: Sequence[str] = (r"^head/kernel$",),
+    clip_global_norm: float | None = None,
 ) -> optax.GradientTransformation:
     """SGD with Nesterov momentum, coupled weight decay and adaptive gradient clipping (AGC),
-    in the reference order: AGC on the raw gradient, then decay, then momentum."""
-    parts = []
+    in the reference order: AGC on the raw gradient, then decay, then momentum. With
+    `clip_global_norm` the raw gradient is first clipped to that global norm (ViT fine-tuning,
+    Dosovitskiy et al. 2021, Appendix B.1.1)."""
+    parts = [optax.clip_by_global_norm(clip_global_norm)] if clip_global_norm else []
     if agc_clip is not None:
         parts.append(
             optax.masked(optax.adaptive_grad_clip(agc_clip, agc_eps), agc_mask(agc_exclude))
@@ -125,9 +131,10 @@ def adamw(
 def create_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    """The optimizer named by `config.name` ('sgd_agc' or 'adamw') with its config fields."""
+    """The optimizer named by `config.name` ('sgd_agc' or 'adamw') with its config fields, and
+    layer-wise lr decay when `config.layer_decay` is set."""
     if config.name == "sgd_agc":
-        return sgd_agc(
+        optimizer = sgd_agc(
             schedule,
             momentum=config.momentum,
             nesterov=config.nesterov,
@@ -136,9 +143,10 @@ def create_optimizer(
             agc_clip=config.agc_clip,
             agc_eps=config.agc_eps,
             agc_exclude=tuple(config.agc_exclude),
+            clip_global_norm=config.clip_global_norm,
         )
-    if config.name == "adamw":
-        return adamw(
+    elif config.name == "adamw":
+        optimizer = adamw(
             schedule,
             b1=config.b1,
             b2=config.b2,
@@ -147,7 +155,113 @@ def create_optimizer(
             weight_decay_exclude=tuple(config.weight_decay_exclude),
             clip_global_norm=config.clip_global_norm,
         )
-    raise ValueError(f"Unknown optimizer {config.name!r}; choose 'sgd_agc' or 'adamw'.")
+    else:
+        raise ValueError(f"Unknown optimizer {config.name!r}; choose 'sgd_agc' or 'adamw'.")
+    if config.get("layer_decay") is not None:
+        optimizer = optax.chain(
+            optimizer, layer_decay(config.layer_decay, config.layer_decay_rule)
+        )
+    return optimizer
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay (Clark et al. 2020, ELECTRA; Bao et al. 2022, BEiT).
+# ----------------------------------------------------------------------------------------------
+
+
+def convnext_layer_ids(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, int], int]:
+    """ConvNeXt's layers (facebookresearch/ConvNeXt `get_num_layer_for_convnext`, adapted from
+    BEiT): the stem is layer 0, stage 0's blocks layer 1, stage 1 (with its downsampling
+    layer) layer 2, stage 2 in groups of three consecutive blocks layers 3, 4, ... (its
+    downsampling layer with the first group), stage 3 (with its downsampling layer) layer L, and
+    the head (final norm and linear) layer L + 1, where L = 3 + ceil(stage 2 depth / 3): 12 for
+    ConvNeXt S/B/L/XL as in the reference; the reference refuses T, which gets L = 6 here.
+    Takes {'/'-joined path: shape}; returns ({path: layer}, L)."""
+    stage_depth = {}
+    for path in shapes:
+        if match := re.match(r"stage(\d+)_block(\d+)/", path):
+            stage, block = int(match[1]), int(match[2])
+            stage_depth[stage] = max(stage_depth.get(stage, 0), block + 1)
+    if sorted(stage_depth) != [0, 1, 2, 3]:
+        raise ValueError(
+            f"Layer decay rule 'convnext' needs a 4-stage ConvNeXt (stage<s>_block<b> params); "
+            f"found stages {sorted(stage_depth)}."
+        )
+    num_layers = 3 + math.ceil(stage_depth[2] / 3)
+
+    def layer(path: str) -> int:
+        if path.startswith("stem_"):
+            return 0
+        if match := re.match(r"stage(\d+)_(?:block(\d+)|downsample_)", path):
+            stage, block = int(match[1]), match[2]
+            if stage == 2:
+                return 3 + (int(block) // 3 if block is not None else 0)
+            return {0: 1, 1: 2, 3: num_layers}[stage]
+        return num_layers + 1  # head_norm, head
+
+    return {path: layer(path) for path in shapes}, num_layers
+
+
+def vit_layer_ids(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, Any], int]:
+    """ViT's layers (BEiT `get_num_layer_for_vit`): the stem, class token and position
+    embedding are layer 0, block i is layer i + 1, and everything after the blocks (final norm,
+    pooling head, pre-logits, head) is layer L + 1 for L blocks. The stacked 'blocks' params of
+    a scanned model get an array of layers, one per slice of their leading (depth) axis.
+    Takes {'/'-joined path: shape}; returns ({path: layer}, L)."""
+    blocks = {int(m[1]) for path in shapes if (m := re.match(r"block_(\d+)/", path))}
+    stacked = [shape[0] for path, shape in shapes.items() if path.startswith("blocks/")]
+    if not blocks and not stacked:
+        raise ValueError("Layer decay rule 'vit' needs ViT params (block_<i> or blocks).")
+    num_layers = stacked[0] if stacked else max(blocks) + 1
+
+    def layer(path: str):
+        top = path.split("/")[0]
+        if top in ("embedding", "stem", "pos_embedding", "cls"):
+            return 0
+        if match := re.fullmatch(r"block_(\d+)", top):
+            return int(match[1]) + 1
+        if top == "blocks":
+            return np.arange(1, num_layers + 1)
+        return num_layers + 1
+
+    return {path: layer(path) for path in shapes}, num_layers
+
+
+LAYER_RULES = {"convnext": convnext_layer_ids, "vit": vit_layer_ids}
+
+
+def layer_decay_factors(params, decay: float, rule: str):
+    """A pytree like `params` of each parameter's lr multiplier decay ** (L + 1 - layer), its
+    layer given by `rule` ('convnext' or 'vit'): 1 for the head, decay for the last layer, ...
+    decay ** (L + 1) for layer 0 (the stem). Factors broadcast against their leaves."""
+    if rule not in LAYER_RULES:
+        raise ValueError(f"Unknown layer decay rule {rule!r}; choose one of {sorted(LAYER_RULES)}.")
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in leaves]
+    shapes = {path: np.shape(leaf) for path, (_, leaf) in zip(paths, leaves, strict=True)}
+    layers, num_layers = LAYER_RULES[rule](shapes)
+    factors = []
+    for path in paths:
+        factor = float(decay) ** (num_layers + 1 - np.asarray(layers[path], np.float64))
+        factors.append(factor.reshape(factor.shape + (1,) * (len(shapes[path]) - factor.ndim)))
+    return jax.tree_util.tree_unflatten(treedef, factors)
+
+
+def layer_decay(decay: float, rule: str) -> optax.GradientTransformation:
+    """Layer-wise lr decay: each update multiplied by `layer_decay_factors` (so the learning
+    rate, and with it coupled or decoupled weight decay, is scaled per layer, as the reference's
+    per-group `lr_scale`). Chain it after the optimizer."""
+    if not 0 < decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {decay}.")
+    if rule not in LAYER_RULES:
+        raise ValueError(f"Unknown layer decay rule {rule!r}; choose one of {sorted(LAYER_RULES)}.")
+
+    def update_fn(updates, state, params=None):
+        del params
+        factors = layer_decay_factors(updates, decay, rule)
+        return jax.tree.map(lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:

@@ -5,6 +5,7 @@ fold_in(key(seed), step), so step s computes the same thing in a resumed run as 
 uninterrupted one.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import optax
 from flax import linen as nn
 
 import optim
+import sam
 from mixing import mix_batch
 
 
@@ -83,6 +85,9 @@ def make_train_step(
     cutmix_alpha: float = 0.0,
     grad_accum_steps: int = 1,
     ema_decay: float | None = None,
+    sam_rho: float = 0.0,
+    sam_ascent_fraction: float = 1.0,
+    sam_num_groups: int = 1,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns step(state, batch) -> (state, metrics) for batches {'image': uint8, 'label'}
     (and optionally 'replaced', the input pipeline's per-example substitution flags).
@@ -91,7 +96,16 @@ def make_train_step(
     gradients are averaged, the same update as one pass over the whole batch (up to float
     summation order, and BatchNorm statistics taken per micro-batch). A step whose loss or
     gradient is not finite leaves params, optimizer state and EMA unchanged and is counted.
+
+    With `sam_rho` > 0 the gradient is SAM's descent gradient (`sam.py`: ascent on the first
+    `sam_ascent_fraction` of each of `sam_num_groups` groups of the batch). BatchNorm then
+    normalises with each group's statistics, and the running statistics are the mean over
+    groups of the descent passes' updates (the ascent pass's are discarded); train loss and
+    top-1 are those of the descent pass, at the perturbed params. SAM does not combine with
+    gradient accumulation.
     """
+    if sam_rho > 0 and grad_accum_steps > 1:
+        raise ValueError("SAM (sam_rho > 0) does not combine with grad_accum_steps > 1.")
 
     def loss_fn(params, batch_stats, images, targets, rng):
         logits, new_stats = _apply(model, params, batch_stats, images, True, rng)
@@ -99,6 +113,25 @@ def make_train_step(
         return loss, (logits, new_stats)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def sam_pass(state, images, targets, rng):
+        """(loss, logits, batch_stats, grads) of a SAM step."""
+
+        def batch_grad(params, batch, rng):
+            (loss, (logits, stats)), grads = grad_fn(
+                params, state.batch_stats, batch["images"], batch["targets"], rng
+            )
+            return grads, (loss, logits, stats)
+
+        sam_grad = sam.sam_gradient(
+            batch_grad, rho=sam_rho, ascent_fraction=sam_ascent_fraction,
+            num_groups=sam_num_groups,
+        )
+        grads, (loss, logits, stats) = sam_grad(
+            state.params, {"images": images, "targets": targets}, rng
+        )
+        stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+        return jnp.mean(loss), logits.reshape(-1, logits.shape[-1]), stats, grads
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -109,7 +142,9 @@ def make_train_step(
             mix_rng, images, targets, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
         )
 
-        if grad_accum_steps == 1:
+        if sam_rho > 0:
+            loss, logits, batch_stats, grads = sam_pass(state, images, targets, dropout_rng)
+        elif grad_accum_steps == 1:
             (loss, (logits, batch_stats)), grads = grad_fn(
                 state.params, state.batch_stats, images, targets, dropout_rng
             )
@@ -136,19 +171,28 @@ def make_train_step(
             loss = loss / grad_accum_steps
             logits = logits.reshape(-1, logits.shape[-1])
 
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        ema = state.ema_params
-        if ema is not None:
-            ema = keep(optim.ema_update(ema, params, state.step, ema_decay), ema)
+
+        def update(_):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            ema = state.ema_params
+            if ema is not None:
+                ema = optim.ema_update(ema, params, state.step, ema_decay)
+            return params, opt_state, batch_stats, ema
+
+        def skip(_):
+            return state.params, state.opt_state, state.batch_stats, state.ema_params
+
+        # A branch rather than a select of old and new values: the skipped update is never
+        # computed, and the new state can reuse the old one's buffers.
+        params, opt_state, batch_stats, ema = jax.lax.cond(finite, update, skip, None)
         new_state = state.replace(
             step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            batch_stats=keep(batch_stats, state.batch_stats),
+            params=params,
+            opt_state=opt_state,
+            batch_stats=batch_stats,
             ema_params=ema,
             nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
             first_nonfinite_step=jnp.where(
@@ -170,13 +214,39 @@ def make_train_step(
     return step
 
 
+def fit_position_embedding(model: nn.Module, params, image_shape: tuple[int, ...]):
+    """`params` of a ViT with a learned position embedding, resampled to the token grid of
+    NHWC images of `image_shape` (e.g. evaluation at 480 px of a model trained at 384 px);
+    unchanged for any other model or the training grid. Bilinear, with half-pixel centres and
+    antialiasing, as `vit.posemb.resample`; the training grid is square. Shapes are static, so
+    under `jit` this costs one small resize per step and nothing when the grids agree."""
+    if "pos_embedding" not in params or not hasattr(model, "pos_embedding_prefix"):
+        return params
+    prefix, embedding = model.pos_embedding_prefix, params["pos_embedding"]
+    rows, cols = image_shape[1] // model.patch_size, image_shape[2] // model.patch_size
+    entries, width = embedding.shape[1] - prefix, embedding.shape[2]
+    if entries == rows * cols:
+        return params
+    side = math.isqrt(entries)
+    grid = jax.image.resize(
+        embedding[0, prefix:].reshape(side, side, width), (rows, cols, width), method="linear"
+    )
+    embedding = jnp.concatenate([embedding[:, :prefix], grid.reshape(1, rows * cols, width)], 1)
+    return {**params, "pos_embedding": embedding}
+
+
 def make_eval_step(
     model: nn.Module, normalize: Callable[[jax.Array], jax.Array]
 ) -> Callable[[Any, Any, dict], dict]:
     """Returns eval_step(params, batch_stats, batch) -> sums over the real (mask=True) examples
-    of: cross-entropy loss (no smoothing), top-1 and top-5 hits, and the example count."""
+    of: cross-entropy loss (no smoothing), top-1 and top-5 hits, and the example count.
+
+    Images may have another resolution than the training ones: the convolutional models pool
+    globally, and a ViT's learned position embedding is resampled to the images' grid
+    (`fit_position_embedding`)."""
 
     def eval_step(params, batch_stats, batch: dict) -> dict:
+        params = fit_position_embedding(model, params, batch["image"].shape)
         logits, _ = _apply(model, params, batch_stats, normalize(batch["image"]), False)
         labels = batch["label"]
         mask = batch["mask"].astype(jnp.float32)

@@ -22,6 +22,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import checkpoint
+import distributed
+import finetune
 import hardware
 import input_pipeline
 import macs
@@ -29,7 +31,7 @@ import models
 import optim
 import sharding
 import steps
-from metric_logging import MetricsLog
+from metric_logging import ExampleIndexLog, MetricsLog
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:argument].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -45,19 +47,6 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Setup: distributed runtime, config checks, run length.
 # ----------------------------------------------------------------------------------------------
-
-
-def maybe_initialize_distributed() -> None:
-    """Starts JAX's multi-process runtime when the environment describes several processes:
-    JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID), or a multi-host TPU slice."""
-    if "JAX_COORDINATOR_ADDRESS" in os.environ:
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-        jax.distributed.initialize()
 
 
 def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
@@ -92,6 +81,29 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
         need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
     decay = config.ema_decay
     need(decay is None or 0 < decay < 1, f"ema_decay must be in (0, 1) or None, got {decay}.")
+    validate_finetune_config(config, need)
+
+
+def validate_finetune_config(config: ml_collections.ConfigDict, need) -> None:
+    """SAM, layer-wise lr decay and pre-trained initialisation (finetune.py)."""
+    s, batch = config.sam, config.global_batch_size
+    need(s.rho >= 0, f"sam.rho must be >= 0 (0 turns SAM off), got {s.rho}.")
+    need(0 < s.ascent_fraction <= 1, f"sam.ascent_fraction must be in (0, 1], got "
+         f"{s.ascent_fraction}.")
+    need(s.num_groups >= 1 and batch % s.num_groups == 0,
+         f"sam.num_groups {s.num_groups} must be >= 1 and divide global_batch_size {batch}.")
+    need(s.rho == 0 or config.grad_accum_steps == 1,
+         "SAM (sam.rho > 0) does not combine with gradient accumulation; set grad_accum_steps=1 "
+         "or sam.rho=0.")
+    decay = config.optimizer.layer_decay
+    need(decay is None or 0 < decay <= 1, f"optimizer.layer_decay must be in (0, 1] or None, "
+         f"got {decay}.")
+    need(decay is None or config.optimizer.layer_decay_rule in optim.LAYER_RULES,
+         f"optimizer.layer_decay_rule {config.optimizer.layer_decay_rule!r} is not one of "
+         f"{sorted(optim.LAYER_RULES)}.")
+    need(config.init.posemb_interpolation in ("bilinear", "bicubic"),
+         f"init.posemb_interpolation {config.init.posemb_interpolation!r} is not 'bilinear' or "
+         "'bicubic'.")
 
 
 def run_length(config, num_train_examples: int) -> tuple[int, int]:
@@ -127,8 +139,29 @@ def create_model(config):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation.
+# Batches on devices, and evaluation.
 # ----------------------------------------------------------------------------------------------
+
+
+def device_batch(host_batch: dict, flag: str, batch_sharding) -> dict:
+    """The global batch of the step's jitted function from this host's slice: uint8 images,
+    int32 labels and the bool `flag` entry ('replaced' for training, 'mask' for evaluation)."""
+    return input_pipeline.to_global_batch(
+        {"image": host_batch["image"], "label": np.asarray(host_batch["label"], np.int32),
+         flag: host_batch[flag]},
+        batch_sharding,
+    )
+
+
+def abstract_batch(batch_size: int, resolution: int, flag: str, batch_sharding) -> dict:
+    """Shapes, dtypes and sharding of `device_batch`'s output, to compile ahead of time."""
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    return {
+        "image": spec((batch_size, resolution, resolution, 3), jnp.uint8),
+        "label": spec((batch_size,), jnp.int32),
+        flag: spec((batch_size,), jnp.bool_),
+    }
+
 
 
 def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str) -> dict:
@@ -138,10 +171,7 @@ def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str
         config.data, global_batch_size=config.eval_batch_size
     )
     for host_batch in iterator:
-        batch = input_pipeline.to_global_batch(
-            {k: host_batch[k] for k in ("image", "label", "mask")}, batch_sharding
-        )
-        sums = eval_step(params, batch_stats, batch)
+        sums = eval_step(params, batch_stats, device_batch(host_batch, "mask", batch_sharding))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
@@ -158,7 +188,7 @@ def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False):
-    maybe_initialize_distributed()
+    distributed.maybe_initialize()
     try:
         mesh = sharding.create_mesh(dict(config.mesh))
     except ValueError as error:
@@ -192,6 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
     if dry_run:
         print_dry_run(config, mesh, abstract_state, state_sharding, num_params,
                       macs_per_example, total_steps, warmup_steps, num_train)
+        if config.init.path:  # Not read by a dry run; it may not exist yet.
+            print(f"init             from {config.init.path} (not read by --dry_run)")
         return None
 
     if "://" not in workdir:  # Local path (orbax needs it absolute); gs://... kept as is.
@@ -212,6 +244,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
         state = checkpointer.restore_latest(abstract_sharded)
         if state is None:
             state = jax.jit(init, out_shardings=state_sharding)(init_key)
+            if config.init.path:  # Fine-tuning; a resumed run restores its own checkpoint.
+                try:
+                    state = finetune.load_pretrained(
+                        state, config, model, optimizer, state_sharding, workdir
+                    )
+                except finetune.PretrainedError as error:
+                    raise ConfigError(str(error)) from None
         start_step = int(state.step)
 
         normalize = lambda images: input_pipeline.normalize(
@@ -228,6 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                 cutmix_alpha=config.cutmix_alpha,
                 grad_accum_steps=config.grad_accum_steps,
                 ema_decay=config.ema_decay,
+                sam_rho=config.sam.rho,
+                sam_ascent_fraction=config.sam.ascent_fraction,
+                sam_num_groups=config.sam.num_groups,
             ),
             in_shardings=(state_sharding, batch_sharding),
             out_shardings=(state_sharding, sharding.replicated(mesh)),
@@ -238,8 +280,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
             in_shardings=(state_sharding.params, state_sharding.batch_stats, batch_sharding),
             out_shardings=sharding.replicated(mesh),
         )
+        # Compiled ahead of the loop, so that every process enters it together: a process
+        # that compiles much longer than another would otherwise time out the other's first
+        # collective (on CPU, gloo waits 30 s). Pods recompile on every restart; say how long.
+        compile_start = time.perf_counter()
+        train_step = train_step.lower(
+            state, abstract_batch(config.global_batch_size, config.data.train_resolution,
+                                  "replaced", batch_sharding),
+        ).compile()
+        eval_step = eval_step.lower(
+            state.params, state.batch_stats,
+            abstract_batch(config.eval_batch_size, config.data.eval_resolution, "mask",
+                           batch_sharding),
+        ).compile()
+        distributed.wait_for_all_processes("train and eval steps compiled")
+        compile_seconds = time.perf_counter() - compile_start
 
         log = MetricsLog(workdir, resume_step=start_step, total_steps=total_steps)
+        example_log = (ExampleIndexLog(workdir, resume_step=start_step)
+                       if config.log_example_indices else None)
         train_flops_per_step = 6 * macs_per_example * config.global_batch_size
         peak = config.peak_flops_per_device or hardware.peak_flops_per_second(
             jax.devices()[0].device_kind
@@ -252,7 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                 f"GMACs/example, {mesh.devices.size} devices; "
                 f"{'resuming at' if start_step else 'starting'} step {start_step} of "
                 f"{total_steps} ({total_steps * config.global_batch_size / num_train:.3f} epochs "
-                f"of {num_train:,} examples); workdir {workdir}",
+                f"of {num_train:,} examples); compiled in {compile_seconds:.1f} s; "
+                f"workdir {workdir}",
                 flush=True,
             )
 
@@ -275,11 +335,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
             step = start_step
             while step < total_steps:
                 host_batch = next(train_iter)
-                batch = input_pipeline.to_global_batch(
-                    {k: host_batch[k] for k in ("image", "label", "replaced")}, batch_sharding
-                )
+                batch = device_batch(host_batch, "replaced", batch_sharding)
                 state, metrics = train_step(state, batch)
                 step += 1
+                if example_log:
+                    # The gather is a collective of its own: let the step finish first, as
+                    # XLA:CPU can deadlock when two multi-process programs overlap.
+                    jax.block_until_ready(metrics)
+                    example_log.write(step, host_batch["index"])
 
                 is_last = step == total_steps
                 eval_due = is_last or (config.eval_every_steps > 0
@@ -309,8 +372,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                     break
         finally:
             # Healthy checkpoints still being written are completed, whatever stopped the loop.
-            checkpointer.close()
-            log.close()
+            try:
+                checkpointer.close()
+            finally:
+                log.close()
     return state
 
 
@@ -379,8 +444,13 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required (it also resumes a run).")
     try:
         train_and_evaluate(config, _WORKDIR.value, dry_run=_DRY_RUN.value)
-    except (ConfigError, checkpoint.RunMismatchError, FloatingPointError) as error:
+    except (ConfigError, checkpoint.RunMismatchError, checkpoint.CheckpointSaveError,
+            FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # E.g. a full disk or an unwritable workdir for metrics.
+        print(f"error: {error}. The last complete checkpoint is intact; fix the cause and "
+              "rerun the same command to resume.", file=sys.stderr)
         sys.exit(2)
 
 

@@ -73,6 +73,27 @@ def base_config() -> ml_collections.ConfigDict:
             b2=0.999,
             eps=1e-8,
             clip_global_norm=ml_collections.FieldReference(None, field_type=float),
+            # Layer-wise lr decay (fine-tuning): None, or the decay per layer with the rule that
+            # assigns layers, 'convnext' or 'vit' (optim.layer_decay_factors).
+            layer_decay=ml_collections.FieldReference(None, field_type=float),
+            layer_decay_rule="convnext",
+        )
+    )
+    # Sharpness-aware minimization (sam.py): rho = 0 is off. The ascent step uses the first
+    # ascent_fraction of each of num_groups groups of the batch (1: global SAM; the number of
+    # data-parallel replicas: Brock et al. 2021a's per-replica SAM).
+    c.sam = ml_collections.ConfigDict(dict(rho=0.0, ascent_fraction=1.0, num_groups=1))
+    # Initialisation from pre-trained weights (finetune.py); path '' trains from scratch.
+    c.init = ml_collections.ConfigDict(
+        dict(
+            # A workdir of this codebase, a timm .safetensors file, a big_vision ViT .npz or a
+            # DeepMind NFNet .npz (flattened haiku names).
+            path="",
+            model="",  # The checkpoint's model name if a file; '' = config.model.name.
+            step=-1,  # Checkpoint step of a workdir; -1 = its latest.
+            use_ema=True,  # Load a workdir's EMA params when it has them.
+            reinit=(),  # Regexes of params re-initialised although they fit, e.g. '^head/'.
+            posemb_interpolation="bilinear",  # ViT position embeddings: or 'bicubic'.
         )
     )
     c.label_smoothing = 0.0
@@ -87,6 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.async_checkpointing = True
+    # Write DIR/example_indices.jsonl (every batch's source indices) to audit data order.
+    c.log_example_indices = False
     # Peak FLOP/s per device for MFU; None looks the device up in hardware.py.
     c.peak_flops_per_device = ml_collections.FieldReference(None, field_type=float)
     return c

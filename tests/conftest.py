@@ -31,3 +31,10 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 @pytest.fixture
 def workdir(tmp_path):
     return str(tmp_path / "run")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fault-restarts", type=int, default=2,
+                     help="kill -9 faults injected by tests/test_reliability.py")
+    parser.addoption("--fault-seed", type=int, default=0,
+                     help="seed of the moments at which those faults are injected")
