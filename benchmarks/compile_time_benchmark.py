@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import macs  # noqa: E402
 import models  # noqa: E402
 import sharding  # noqa: E402
+import train  # noqa: E402
 from benchmarks.train_throughput_benchmark import (  # noqa: E402
     abstract_train_state,
-    jit_train_step,
     make_optimizer,
 )
 from configs.convnext import convnext_config  # noqa: E402
@@ -96,7 +96,7 @@ def measure(spec: str, batch_per_device: int, resolution: int | None, dtype: str
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          abstract_state, state_sharding)
     with jax.set_mesh(mesh):
-        jitted = jit_train_step(model, config, optimizer, schedule, mesh, state_sharding)
+        jitted = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         start = time.perf_counter()
         lowered = jitted.lower(state, abstract_batch(batch, resolution, mesh))
         lowering = time.perf_counter() - start

@@ -47,12 +47,12 @@ import jax.numpy as jnp  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hardware  # noqa: E402
-import input_pipeline  # noqa: E402
 import macs  # noqa: E402
 import models  # noqa: E402
 import optim  # noqa: E402
 import sharding  # noqa: E402
 import steps  # noqa: E402
+import train  # noqa: E402
 from benchmarks.timm_train_step import time_steps  # noqa: E402
 from configs.convnext import convnext_config  # noqa: E402
 from configs.nfnet import nfnet_config  # noqa: E402
@@ -188,30 +188,6 @@ def make_optimizer(config, batch: int, total_steps: int = 10_000):
     return optim.create_optimizer(config.optimizer, schedule), schedule
 
 
-def jit_train_step(model, config, optimizer, schedule, mesh, state_sharding):
-    """The train step jitted exactly as train.py does."""
-    normalize = lambda images: input_pipeline.normalize(
-        images, config.data, jnp.dtype(config.compute_dtype)
-    )
-    step = steps.make_train_step(
-        model, optimizer, schedule,
-        seed=config.seed,
-        num_classes=config.data.num_classes,
-        normalize=normalize,
-        label_smoothing=config.label_smoothing,
-        mixup_alpha=config.mixup_alpha,
-        cutmix_alpha=config.cutmix_alpha,
-        grad_accum_steps=config.grad_accum_steps,
-        ema_decay=config.ema_decay,
-    )
-    return jax.jit(
-        step,
-        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-        out_shardings=(state_sharding, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-
-
 def abstract_train_state(model, config, optimizer, resolution: int, mesh):
     """(init function, abstract state, its shardings), as train.py computes them."""
     image_shape = (resolution, resolution, 3)
@@ -247,7 +223,7 @@ def build_ours(target: Target, batch: int, resolution: int, dtype: str) -> OurSt
     init, _, state_sharding = abstract_train_state(model, config, optimizer, resolution, mesh)
     with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
-        jitted = jit_train_step(model, config, optimizer, schedule, mesh, state_sharding)
+        jitted = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         data = synthetic_batch(batch, resolution, config.data.num_classes, mesh)
     return OurStep(model, config, mesh, jitted, state, data)
 
