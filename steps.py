@@ -18,6 +18,7 @@ from flax import linen as nn
 import optim
 import sam
 from mixing import mix_batch
+from vit.posemb import resize_grid
 
 
 @flax.struct.dataclass
@@ -217,21 +218,19 @@ def make_train_step(
 def fit_position_embedding(model: nn.Module, params, image_shape: tuple[int, ...]):
     """`params` of a ViT with a learned position embedding, resampled to the token grid of
     NHWC images of `image_shape` (e.g. evaluation at 480 px of a model trained at 384 px);
-    unchanged for any other model or the training grid. Bilinear, with half-pixel centres and
-    antialiasing, as `vit.posemb.resample`; the training grid is square. Shapes are static, so
+    unchanged for any other model or the training grid. Bilinear, by `vit.posemb.resize_grid`
+    as fine-tuning's `vit.posemb.resample`; the training grid is square. Shapes are static, so
     under `jit` this costs one small resize per step and nothing when the grids agree."""
     if "pos_embedding" not in params or not hasattr(model, "pos_embedding_prefix"):
         return params
     prefix, embedding = model.pos_embedding_prefix, params["pos_embedding"]
     rows, cols = image_shape[1] // model.patch_size, image_shape[2] // model.patch_size
-    entries, width = embedding.shape[1] - prefix, embedding.shape[2]
+    entries = embedding.shape[1] - prefix
     if entries == rows * cols:
         return params
     side = math.isqrt(entries)
-    grid = jax.image.resize(
-        embedding[0, prefix:].reshape(side, side, width), (rows, cols, width), method="linear"
-    )
-    embedding = jnp.concatenate([embedding[:, :prefix], grid.reshape(1, rows * cols, width)], 1)
+    grid = resize_grid(embedding[:, prefix:], (side, side), (rows, cols))
+    embedding = jnp.concatenate([embedding[:, :prefix], grid.astype(embedding.dtype)], 1)
     return {**params, "pos_embedding": embedding}
 
 

@@ -68,14 +68,19 @@ def resample(
         )
     new_grid = tuple(new_grid)
     if new_grid != tuple(old_grid):
-        width = grid.shape[-1]
-        grid = jax.image.resize(
-            jnp.asarray(grid.reshape(*old_grid, width)),
-            (*new_grid, width),
-            method=RESAMPLE_METHODS[method],
-        )
-        grid = np.asarray(grid).reshape(1, new_grid[0] * new_grid[1], width)
+        grid = np.asarray(resize_grid(jnp.asarray(grid), tuple(old_grid), new_grid, method))
     return np.concatenate([prefix, grid], axis=1)
+
+
+def resize_grid(grid: jax.Array, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                method: str = "bilinear") -> jax.Array:
+    """(1, rows * cols, width) grid entries resized from `old_grid` to `new_grid` (half-pixel
+    centres, antialiased when shrinking); traceable, so also usable inside a jitted step."""
+    width = grid.shape[-1]
+    resized = jax.image.resize(
+        grid.reshape(*old_grid, width), (*new_grid, width), method=RESAMPLE_METHODS[method]
+    )
+    return resized.reshape(1, new_grid[0] * new_grid[1], width)
 
 
 def fit_pos_embedding(
