@@ -30,7 +30,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from vit.model import ViT, abstract_params, stack_blocks
-from vit.posemb import fit_pos_embedding
+from vit.posemb import fit_checkpoint_grid
 from vit.variants import canonical_name, create
 from weight_import import Rule, import_tree
 
@@ -140,13 +140,7 @@ def from_big_vision(
             f"big_vision has no convolutional-stem ViT; {name} cannot be imported from it."
         )
     flat = _match_class_entry(flat, model)
-    # With a class token on one side only, the checkpoint is reported as a mismatch below.
-    if "pos_embedding" in flat and ("cls" in flat) == (model.pool == "token"):
-        flat["pos_embedding"], grid = fit_pos_embedding(
-            flat["pos_embedding"], model, resolution, interpolation
-        )
-    else:
-        grid = (1, 1)
+    grid = fit_checkpoint_grid(flat, "pos_embedding", "cls", model, resolution, interpolation)
     expected = abstract_params(model, grid)
     params = import_tree(flat, _rules(model), expected, what=f"big_vision ViT-{name}")
     return stack_blocks(params) if overrides.get("scan") else params

@@ -110,6 +110,19 @@ def fit_pos_embedding(
     return resample(pos_embedding, grid, num_prefix_tokens=prefix, method=method), grid
 
 
+def fit_checkpoint_grid(
+    weights: dict, pos_key: str, class_key: str, model, resolution, method: str
+) -> tuple[int, int]:
+    """Fits the position embedding `weights[pos_key]` of an imported checkpoint to `model` in
+    place (`fit_pos_embedding`) and returns the token grid the model is then built for. With a
+    class token (`class_key`) on one side only, or no embedding, nothing is fitted and the grid
+    is (1, 1): the importer then reports the checkpoint as a mismatch."""
+    if pos_key not in weights or (class_key in weights) != (model.pool == "token"):
+        return (1, 1)
+    weights[pos_key], grid = fit_pos_embedding(weights[pos_key], model, resolution, method)
+    return grid
+
+
 def adapt_to_resolution(params: dict, model, resolution, method: str = "bilinear") -> dict:
     """Returns `params` (of `model`, trained at any resolution with a square token grid) with
     the learned position embedding resampled to `model`'s grid at `resolution` (px, an int or

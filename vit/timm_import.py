@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from vit.model import ViT, abstract_params, stack_blocks
-from vit.posemb import fit_pos_embedding
+from vit.posemb import fit_checkpoint_grid
 from vit.variants import canonical_name, create
 from weight_import import Rule, import_tree, linear_kernel
 
@@ -121,13 +121,9 @@ def from_timm(
         raise ValueError(
             "timm's VisionTransformer has no pre-logits layer; set representation_size=0."
         )
-    # With a class token on one side only, the checkpoint is reported as a mismatch below.
-    if "pos_embed" in state_dict and ("cls_token" in state_dict) == (model.pool == "token"):
-        state_dict["pos_embed"], grid = fit_pos_embedding(
-            state_dict["pos_embed"], model, resolution, interpolation
-        )
-    else:
-        grid = (1, 1)
+    grid = fit_checkpoint_grid(
+        state_dict, "pos_embed", "cls_token", model, resolution, interpolation
+    )
     expected = abstract_params(model, grid)
     params = import_tree(state_dict, _rules(model), expected, what=f"ViT-{name}")
     return stack_blocks(params) if overrides.get("scan") else params
