@@ -1,10 +1,14 @@
 """MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) on device, inside the train step.
 
-As timm's `Mixup` in its default 'batch' mode: one mixing coefficient per batch, each example
-mixed with the example at the mirrored position of the global batch, and a coin flip with
-`switch_prob` choosing CutMix over MixUp when both are enabled. CutMix's coefficient is
+As timm's `Mixup` in its default 'batch' mode: one mixing coefficient per batch, and a coin flip
+with `switch_prob` choosing CutMix over MixUp when both are enabled. CutMix's coefficient is
 corrected to the pasted box's actual area. Every draw comes from the key passed in, which the
 loop derives from (seed, step), so a resumed run mixes identically.
+
+Pairs. Each example is mixed with its neighbour: 2i with 2i + 1. (timm pairs the mirrored
+positions i and B - 1 - i, which on a mesh are on different devices.) Any batch split into even
+shards holds whole pairs, so the train step mixes each device's shard on its own and the pairs
+are the same on every mesh.
 """
 
 import jax
@@ -27,6 +31,16 @@ def _cutmix_mask(key: jax.Array, height: int, width: int, lam: jax.Array) -> jax
     return jnp.where(inside, 0.0, 1.0)
 
 
+def neighbours(x: jax.Array) -> jax.Array:
+    """x with examples 2i and 2i + 1 swapped along the leading axis."""
+    if x.shape[0] % 2:
+        raise ValueError(
+            f"MixUp/CutMix pair neighbouring examples, so each device's batch must be even; got "
+            f"{x.shape[0]}: change global_batch_size or the device count."
+        )
+    return x.reshape(-1, 2, *x.shape[1:])[:, ::-1].reshape(x.shape)
+
+
 def mix_batch(
     key: jax.Array,
     images: jax.Array,
@@ -36,8 +50,8 @@ def mix_batch(
     cutmix_alpha: float,
     switch_prob: float = 0.5,
 ) -> tuple[jax.Array, jax.Array]:
-    """Mixes a batch of images (B, H, W, C) and soft targets (B, K); identity if both alphas
-    are 0."""
+    """Mixes a batch of images (B, H, W, C) and soft targets (B, K), B even, each example with its
+    neighbour (`neighbours`); identity if both alphas are 0."""
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, targets
     choice_key, lam_key, box_key = jax.random.split(key, 3)
@@ -47,11 +61,11 @@ def mix_batch(
         use_cutmix = jnp.asarray(cutmix_alpha > 0)
     alpha = jnp.where(use_cutmix, max(cutmix_alpha, 1e-6), max(mixup_alpha, 1e-6))
     lam = jax.random.beta(lam_key, alpha, alpha)
-    flipped = images[::-1]
+    flipped = neighbours(images)
     height, width = images.shape[1:3]
     box = _cutmix_mask(box_key, height, width, lam)
     cut_lam = jnp.mean(box)  # the area actually kept
     mask = jnp.where(use_cutmix, box, lam)[None, :, :, None].astype(images.dtype)
     mixed = images * mask + flipped * (1 - mask)
     lam = jnp.where(use_cutmix, cut_lam, lam)
-    return mixed, lam * targets + (1.0 - lam) * targets[::-1]
+    return mixed, lam * targets + (1.0 - lam) * neighbours(targets)

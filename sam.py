@@ -18,10 +18,10 @@ own global norm (as Foret et al.'s code does per device: "m-sharpness") and take
 descent gradient on all its examples at its own perturbed params; `g_sam` is the mean over
 groups. num_groups = 1 is global SAM; num_groups = the number of data-parallel replicas is
 the per-replica SAM of Brock et al. 2021a (who also take the ascent step on 20% of each
-replica's batch). Groups are a `vmap` axis, so the result depends on the config alone, never
-on the device count: a run is reproducible on any mesh. `num_groups` perturbed copies of the
-params and their gradients exist at once, spread over the devices that hold the groups'
-examples; keep num_groups at most the data-parallel device count for large models.
+replica's batch). Groups are a `vmap` axis. The train step (steps.py) runs this per device on
+the groups that device holds, so a group never leaves its device and the result depends on the
+config alone, never on the mesh. A group spread over several devices (global SAM on a mesh)
+passes `ascent_reduce`, which averages its ascent gradient over them.
 """
 
 from collections.abc import Callable
@@ -52,15 +52,21 @@ def perturbation(grads, rho: float):
 
 
 def sam_gradient(
-    grad_fn: GradFn, *, rho: float, ascent_fraction: float = 1.0, num_groups: int = 1
+    grad_fn: GradFn,
+    *,
+    rho: float,
+    ascent_fraction: float = 1.0,
+    num_groups: int = 1,
+    ascent_reduce: Callable[[Any], Any] = lambda grads: grads,
 ) -> GradFn:
     """Returns sam_grad_fn(params, batch, rng) -> (g_sam, aux) computing the SAM descent gradient
     of `grad_fn` (see the module docstring).
 
     `aux` is the descent pass's, stacked over groups (a leading axis of size `num_groups`), so a
     caller can reduce it as it needs (e.g. average BatchNorm statistics, concatenate logits);
-    the ascent pass's aux is discarded. The random key of group k's ascent and descent passes
-    are split from fold_in(rng, k), so dropout and stochastic depth are deterministic.
+    the ascent pass's aux is discarded. Every group's ascent and descent passes get the two keys
+    split from `rng`: a `grad_fn` gives each example its own randomness from the key and the
+    example's position in the batch, so groups need no key of their own.
     """
     if rho < 0:
         raise ValueError(f"SAM's rho must be >= 0, got {rho}.")
@@ -76,17 +82,16 @@ def sam_gradient(
         group_size = batch_size // num_groups
         num_ascent = ascent_examples(group_size, ascent_fraction)
         groups = jax.tree.map(lambda x: x.reshape(num_groups, group_size, *x.shape[1:]), batch)
-        keys = jax.vmap(lambda k: jax.random.fold_in(rng, k))(jnp.arange(num_groups))
+        ascent_key, descent_key = jax.random.split(rng)
 
-        def one_group(group_batch, key):
-            ascent_key, descent_key = jax.random.split(key)
+        def one_group(group_batch):
             ascent_batch = jax.tree.map(lambda x: x[:num_ascent], group_batch)
             ascent_grads, _ = grad_fn(params, ascent_batch, ascent_key)
-            e = perturbation(ascent_grads, rho)
+            e = perturbation(ascent_reduce(ascent_grads), rho)
             perturbed = jax.tree.map(lambda w, d: w + d.astype(w.dtype), params, e)
             return grad_fn(perturbed, group_batch, descent_key)
 
-        grads, aux = jax.vmap(one_group)(groups, keys)
+        grads, aux = jax.vmap(one_group)(groups)
         return jax.tree.map(lambda g: jnp.mean(g, axis=0), grads), aux
 
     return sam_grad_fn

@@ -1,10 +1,11 @@
 """The train state and the pure, jittable train and eval steps shared by every model family.
 
-Every random draw of a step (dropout, stochastic depth, MixUp/CutMix) comes from
-fold_in(key(seed), step), so step s computes the same thing in a resumed run as in an
-uninterrupted one.
+Every random draw of a step comes from fold_in(key(seed), step), per example for dropout and
+stochastic depth (fold_in of that with the example's position in the global batch), so step s
+computes the same thing in a resumed run as in an uninterrupted one, on any mesh.
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,10 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
+from jax.sharding import Mesh, PartitionSpec
 
+import data_parallel
 import optim
 import sam
 from mixing import mix_batch
+from sharding import BATCH_AXES
 from vit.posemb import resize_grid
 
 
@@ -73,6 +77,26 @@ def _apply(model, params, batch_stats, images, train, rng=None):
     return model.apply(variables, images, train=train, rngs=rngs), batch_stats
 
 
+def _train_forward(model, bn_axes: tuple[str, ...]):
+    """forward(params, batch_stats, images, keys) -> (logits, new batch_stats): the model in
+    training mode applied to each example with its own key (`vmap` over EXAMPLE_AXIS), its
+    BatchNorm statistics averaged over EXAMPLE_AXIS and `bn_axes`."""
+    axes = (data_parallel.EXAMPLE_AXIS, *bn_axes)
+    model = data_parallel.with_batch_norm_axes(model, axes)
+
+    def forward(params, batch_stats, images, keys):
+        def one(image, key):
+            logits, stats = _apply(model, params, batch_stats, image[None], True, key)
+            return logits[0], stats
+
+        with data_parallel.check_batch_norm_axes(axes):
+            return jax.vmap(one, axis_name=data_parallel.EXAMPLE_AXIS, out_axes=(0, None))(
+                images, keys
+            )
+
+    return forward
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -89,88 +113,157 @@ def make_train_step(
     sam_rho: float = 0.0,
     sam_ascent_fraction: float = 1.0,
     sam_num_groups: int = 1,
+    mesh: Mesh | None = None,
+    param_shardings: Any = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns step(state, batch) -> (state, metrics) for batches {'image': uint8, 'label'}
     (and optionally 'replaced', the input pipeline's per-example substitution flags).
 
+    The loss and gradient are computed per device (`data_parallel`: shard_map over the batch
+    axes of `mesh`, default the mesh set by `jax.set_mesh`, with FSDP params gathered per their
+    `param_shardings`) and per example, so each device does its share of the work and nothing
+    but gradients, parameters and per-channel statistics crosses devices; the optimizer update
+    runs on the sharded state. Results do not depend on the mesh.
+
     With `grad_accum_steps` = k the batch is processed as k sequential micro-batches whose
     gradients are averaged, the same update as one pass over the whole batch (up to float
-    summation order, and BatchNorm statistics taken per micro-batch). A step whose loss or
-    gradient is not finite leaves params, optimizer state and EMA unchanged and is counted.
+    summation order, and BatchNorm statistics taken per micro-batch). Micro-batch i holds the
+    examples at positions i, i + k, i + 2k, ... of the global batch, so each lies on every
+    device in equal parts. A step whose loss or gradient is not finite leaves params, optimizer
+    state and EMA unchanged and is counted.
 
     With `sam_rho` > 0 the gradient is SAM's descent gradient (`sam.py`: ascent on the first
     `sam_ascent_fraction` of each of `sam_num_groups` groups of the batch). BatchNorm then
     normalises with each group's statistics, and the running statistics are the mean over
     groups of the descent passes' updates (the ascent pass's are discarded); train loss and
-    top-1 are those of the descent pass, at the perturbed params. SAM does not combine with
-    gradient accumulation.
+    top-1 are those of the descent pass, at the perturbed params. Groups stay on their devices:
+    `sam_num_groups` is a multiple of the devices (per-replica SAM), or 1 with
+    `sam_ascent_fraction` 1 (global SAM). SAM does not combine with gradient accumulation.
     """
     if sam_rho > 0 and grad_accum_steps > 1:
         raise ValueError("SAM (sam_rho > 0) does not combine with grad_accum_steps > 1.")
+    mixing = mixup_alpha > 0 or cutmix_alpha > 0
 
-    def loss_fn(params, batch_stats, images, targets, rng):
-        logits, new_stats = _apply(model, params, batch_stats, images, True, rng)
-        loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-        return loss, (logits, new_stats)
+    def loss_and_grads(params, batch_stats, images, targets, keys, bn_axes):
+        """(mean loss, logits, new batch_stats, gradients) of this device's examples."""
+        forward = _train_forward(model, bn_axes)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        def loss_fn(params):
+            logits, stats = forward(params, batch_stats, images, keys)
+            loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+            return loss, (logits, stats)
 
-    def sam_pass(state, images, targets, rng):
-        """(loss, logits, batch_stats, grads) of a SAM step."""
+        (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, logits, stats, grads
 
-        def batch_grad(params, batch, rng):
-            (loss, (logits, stats)), grads = grad_fn(
-                params, state.batch_stats, batch["images"], batch["targets"], rng
+    def sam_grads(params, batch_stats, images, targets, positions, rng, num_devices):
+        """(loss, logits, batch_stats, grads) of a SAM step on this device's examples."""
+        if sam_num_groups % num_devices == 0:  # each device holds whole groups
+            local_groups, bn_axes = sam_num_groups // num_devices, ()
+            ascent_reduce = lambda grads: grads
+        else:  # one group over every device: global SAM, whose ascent batch is the batch
+            local_groups, bn_axes = 1, BATCH_AXES
+            ascent_reduce = lambda grads: jax.lax.pmean(grads, BATCH_AXES)
+
+        def batch_grad(params, batch, pass_rng):
+            keys = data_parallel.example_keys(pass_rng, batch["positions"])
+            loss, logits, stats, grads = loss_and_grads(
+                params, batch_stats, batch["images"], batch["targets"], keys, bn_axes
             )
             return grads, (loss, logits, stats)
 
         sam_grad = sam.sam_gradient(
             batch_grad, rho=sam_rho, ascent_fraction=sam_ascent_fraction,
-            num_groups=sam_num_groups,
+            num_groups=local_groups, ascent_reduce=ascent_reduce,
         )
         grads, (loss, logits, stats) = sam_grad(
-            state.params, {"images": images, "targets": targets}, rng
+            params, {"images": images, "targets": targets, "positions": positions}, rng
         )
         stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+        if not bn_axes:  # per-group statistics: average the groups of every device
+            stats = jax.lax.pmean(stats, BATCH_AXES)
         return jnp.mean(loss), logits.reshape(-1, logits.shape[-1]), stats, grads
 
+    def accumulated_grads(params, batch_stats, images, targets, keys):
+        """(loss, logits, batch_stats, grads) over `grad_accum_steps` strided micro-batches."""
+        k = grad_accum_steps
+        # Local example r * k + i is global position (device offset + r * k + i), and the
+        # offset is a multiple of k: micro-batch i is the examples at positions = i mod k.
+        split = lambda x: jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1)
+
+        def micro_step(carry, inputs):
+            grads_sum, loss_sum, stats = carry
+            micro_images, micro_targets, micro_keys = inputs
+            loss, logits, stats, grads = loss_and_grads(
+                params, stats, micro_images, micro_targets, micro_keys, BATCH_AXES
+            )
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            return (grads_sum, loss_sum + loss, stats), logits
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, loss, batch_stats), logits = jax.lax.scan(
+            micro_step,
+            (zeros, jnp.zeros(()), batch_stats),
+            (split(images), split(targets), split(keys)),
+        )
+        grads = jax.tree.map(lambda g: g / k, grads)
+        logits = jnp.swapaxes(logits, 0, 1).reshape(-1, logits.shape[-1])  # local order
+        return loss / k, logits, batch_stats, grads
+
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        device_mesh = data_parallel.resolve_mesh(mesh)
+        num_devices = data_parallel.num_batch_shards(device_mesh)
+        if sam_rho > 0 and sam_num_groups % num_devices and not (
+            sam_num_groups == 1 and sam_ascent_fraction == 1
+        ):
+            raise ValueError(
+                f"SAM with {sam_num_groups} groups and ascent_fraction {sam_ascent_fraction} "
+                f"would move examples between the {num_devices} devices: set sam.num_groups to "
+                "a multiple of the device count (per-replica SAM), or to 1 with "
+                "sam.ascent_fraction=1 (global SAM)."
+            )
+        specs = data_parallel.param_specs(state.params, param_shardings)
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         dropout_rng, mix_rng = jax.random.split(rng)
-        images = normalize(batch["image"])
-        targets = smoothed_targets(batch["label"], num_classes, label_smoothing)
-        images, targets = mix_batch(
-            mix_rng, images, targets, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
-        )
 
-        if sam_rho > 0:
-            loss, logits, batch_stats, grads = sam_pass(state, images, targets, dropout_rng)
-        elif grad_accum_steps == 1:
-            (loss, (logits, batch_stats)), grads = grad_fn(
-                state.params, state.batch_stats, images, targets, dropout_rng
-            )
-        else:
-            split = lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:])
-
-            def micro_step(carry, inputs):
-                grads_sum, loss_sum, stats = carry
-                i, micro_images, micro_targets = inputs
-                (loss, (logits, stats)), grads = grad_fn(
-                    state.params, stats, micro_images, micro_targets,
-                    jax.random.fold_in(dropout_rng, i),
+        def on_device(params, batch_stats, images, labels):
+            params = data_parallel.gather_params(params, specs)
+            positions = data_parallel.example_positions(images.shape[0])
+            keys = data_parallel.example_keys(dropout_rng, positions)
+            images = normalize(images)
+            targets = smoothed_targets(labels, num_classes, label_smoothing)
+            if mixing:
+                images, targets = mix_batch(
+                    mix_rng, images, targets, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
                 )
-                grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-                return (grads_sum, loss_sum + loss, stats), logits
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (grads, loss, batch_stats), logits = jax.lax.scan(
-                micro_step,
-                (zeros, jnp.zeros(()), state.batch_stats),
-                (jnp.arange(grad_accum_steps), split(images), split(targets)),
+            if sam_rho > 0:
+                loss, logits, stats, grads = sam_grads(
+                    params, batch_stats, images, targets, positions, dropout_rng, num_devices
+                )
+            elif grad_accum_steps == 1:
+                loss, logits, stats, grads = loss_and_grads(
+                    params, batch_stats, images, targets, keys, BATCH_AXES
+                )
+            else:
+                loss, logits, stats, grads = accumulated_grads(
+                    params, batch_stats, images, targets, keys
+                )
+            correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+            return (
+                jax.lax.pmean(loss, BATCH_AXES),
+                jax.lax.psum(correct, BATCH_AXES),
+                stats,
+                data_parallel.mean_gradients(grads, specs, num_devices),
             )
-            grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-            loss = loss / grad_accum_steps
-            logits = logits.reshape(-1, logits.shape[-1])
+
+        batch_spec = PartitionSpec(BATCH_AXES)
+        loss, correct, batch_stats, grads = jax.shard_map(
+            on_device,
+            mesh=device_mesh,
+            in_specs=(specs, PartitionSpec(), batch_spec, batch_spec),
+            out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), specs),
+            check_vma=False,
+        )(state.params, state.batch_stats, batch["image"], batch["label"])
 
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -205,7 +298,7 @@ def make_train_step(
         )
         metrics = {
             "train_loss": loss,
-            "train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "train_top1": correct / batch["label"].shape[0],
             "grad_norm": grad_norm,
             "param_norm": optax.tree.norm(state.params),
             "lr": schedule(state.step),
@@ -235,27 +328,44 @@ def fit_position_embedding(model: nn.Module, params, image_shape: tuple[int, ...
 
 
 def make_eval_step(
-    model: nn.Module, normalize: Callable[[jax.Array], jax.Array]
+    model: nn.Module,
+    normalize: Callable[[jax.Array], jax.Array],
+    *,
+    mesh: Mesh | None = None,
+    param_shardings: Any = None,
 ) -> Callable[[Any, Any, dict], dict]:
     """Returns eval_step(params, batch_stats, batch) -> sums over the real (mask=True) examples
     of: cross-entropy loss (no smoothing), top-1 and top-5 hits, and the example count.
 
-    Images may have another resolution than the training ones: the convolutional models pool
-    globally, and a ViT's learned position embedding is resampled to the images' grid
-    (`fit_position_embedding`)."""
+    Each device evaluates its own examples (`data_parallel`, as the train step) and the sums are
+    added over devices. Images may have another resolution than the training ones: the
+    convolutional models pool globally, and a ViT's learned position embedding is resampled to
+    the images' grid (`fit_position_embedding`)."""
 
-    def eval_step(params, batch_stats, batch: dict) -> dict:
-        params = fit_position_embedding(model, params, batch["image"].shape)
-        logits, _ = _apply(model, params, batch_stats, normalize(batch["image"]), False)
-        labels = batch["label"]
-        mask = batch["mask"].astype(jnp.float32)
+    def on_device(specs, params, batch_stats, images, labels, mask):
+        params = data_parallel.gather_params(params, specs)
+        params = fit_position_embedding(model, params, images.shape)
+        logits, _ = _apply(model, params, batch_stats, normalize(images), False)
+        mask = mask.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        return {
+        sums = {
             "loss": jnp.sum(loss * mask),
             "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
             "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
             "count": jnp.sum(mask),
         }
+        return jax.lax.psum(sums, BATCH_AXES)
+
+    def eval_step(params, batch_stats, batch: dict) -> dict:
+        specs = data_parallel.param_specs(params, param_shardings)
+        batch_spec = PartitionSpec(BATCH_AXES)
+        return jax.shard_map(
+            functools.partial(on_device, specs),
+            mesh=data_parallel.resolve_mesh(mesh),
+            in_specs=(specs, PartitionSpec(), batch_spec, batch_spec, batch_spec),
+            out_specs=PartitionSpec(),
+            check_vma=False,
+        )(params, batch_stats, batch["image"], batch["label"], batch["mask"])
 
     return eval_step

@@ -81,10 +81,17 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
         need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
     decay = config.ema_decay
     need(decay is None or 0 < decay < 1, f"ema_decay must be in (0, 1) or None, got {decay}.")
-    validate_finetune_config(config, need)
+    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+    need(
+        not mixing or (batch // devices) % 2 == 0,
+        f"MixUp/CutMix pair neighbouring examples on each device, so the per-device batch "
+        f"(global_batch_size {batch} / {devices} devices) must be even; change "
+        "global_batch_size or config.mesh.",
+    )
+    validate_finetune_config(config, need, mesh)
 
 
-def validate_finetune_config(config: ml_collections.ConfigDict, need) -> None:
+def validate_finetune_config(config: ml_collections.ConfigDict, need, mesh) -> None:
     """SAM, layer-wise lr decay and pre-trained initialisation (finetune.py)."""
     s, batch = config.sam, config.global_batch_size
     need(s.rho >= 0, f"sam.rho must be >= 0 (0 turns SAM off), got {s.rho}.")
@@ -92,6 +99,13 @@ def validate_finetune_config(config: ml_collections.ConfigDict, need) -> None:
          f"{s.ascent_fraction}.")
     need(s.num_groups >= 1 and batch % s.num_groups == 0,
          f"sam.num_groups {s.num_groups} must be >= 1 and divide global_batch_size {batch}.")
+    devices = mesh.devices.size
+    need(s.rho == 0 or s.num_groups % devices == 0 or (s.num_groups == 1 and
+                                                        s.ascent_fraction == 1),
+         f"SAM with sam.num_groups {s.num_groups} and sam.ascent_fraction {s.ascent_fraction} "
+         f"would move examples between the {devices} devices: set sam.num_groups to a multiple "
+         "of the device count (per-replica SAM, Brock et al. 2021), or to 1 with "
+         "sam.ascent_fraction=1 (global SAM, Foret et al. 2021).")
     need(s.rho == 0 or config.grad_accum_steps == 1,
          "SAM (sam.rho > 0) does not combine with gradient accumulation; set grad_accum_steps=1 "
          "or sam.rho=0.")
@@ -161,6 +175,8 @@ def jit_train_step(config, model, optimizer, schedule, mesh, state_sharding):
         sam_rho=config.sam.rho,
         sam_ascent_fraction=config.sam.ascent_fraction,
         sam_num_groups=config.sam.num_groups,
+        mesh=mesh,
+        param_shardings=state_sharding.params,
     )
     return jax.jit(
         step,
@@ -287,7 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
 
         train_step = jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         eval_step = jax.jit(
-            steps.make_eval_step(model, normalizer(config)),
+            steps.make_eval_step(model, normalizer(config), mesh=mesh,
+                                 param_shardings=state_sharding.params),
             in_shardings=(state_sharding.params, state_sharding.batch_stats, batch_sharding),
             out_shardings=sharding.replicated(mesh),
         )

@@ -41,13 +41,15 @@ def norm_layer(
     name: str,
     dtype: Dtype,
     scale_init: Initializer = nn.initializers.ones,
+    axis_name: tuple[str, ...] | None = None,
 ) -> nn.Module:
     """Normalization over the channel (last) axis of NHWC or (batch, channels) activations.
 
     'batch': y = (x - mu) / sqrt(var + 1e-5) * scale + bias, with mu, var the (biased) batch
     statistics over every axis but the last in training and the running averages in evaluation.
-    Under `jit` with a batch sharded over devices the batch mean is already global, so the
-    statistics are those of the whole global batch. Running averages live in `batch_stats`:
+    `axis_name`: the named axes (of `vmap` or `shard_map`) the batch is split over, whose
+    statistics are averaged; the train step runs models per example and per device and sets
+    them, so the statistics are those of the whole global batch. Running averages live in `batch_stats`:
     running = 0.9 * running + 0.1 * batch statistic, as PyTorch's momentum 0.1, except that the
     variance averaged is the biased one (flax) where PyTorch averages the unbiased n / (n - 1)
     one, n = examples x positions, a relative difference of 1 / (n - 1).
@@ -62,6 +64,7 @@ def norm_layer(
             epsilon=BATCH_NORM_EPS,
             use_fast_variance=False,
             scale_init=scale_init,
+            axis_name=axis_name,
             dtype=dtype,
             name=name,
         )

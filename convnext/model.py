@@ -67,6 +67,7 @@ class Block(nn.Module):
     drop_path: float
     weight_init: str
     dtype: Dtype = jnp.float32
+    batch_norm_axis_name: tuple[str, ...] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -117,6 +118,7 @@ class Block(nn.Module):
                     name=f"norm{i + 1}",
                     dtype=self.dtype,
                     scale_init=scale_init,
+                    axis_name=self.batch_norm_axis_name,
                 )(out)
             if act_here:
                 out = act(out)
@@ -140,7 +142,8 @@ class Block(nn.Module):
                 dtype=self.dtype,
                 name="shortcut_conv",
             )(x[:, :: self.stride, :: self.stride, :])  # a 1x1 conv with stride, no padding
-            shortcut = norm_layer(self.norm, train=train, name="shortcut_norm", dtype=self.dtype)(
+            shortcut = norm_layer(self.norm, train=train, name="shortcut_norm", dtype=self.dtype,
+                                  axis_name=self.batch_norm_axis_name)(
                 shortcut
             )
         out = out + shortcut.astype(out.dtype)
@@ -193,6 +196,9 @@ class ConvNeXt(nn.Module):
     weight_init: str = "convnext"
     input_channels: int = 3
     dtype: Dtype = jnp.float32
+    # Named axes (vmap, shard_map) over which BatchNorm averages batch statistics; the train
+    # step sets them when it runs the model per example and per device.
+    batch_norm_axis_name: tuple[str, ...] | None = None
 
     def __post_init__(self):
         self._validate()
@@ -235,7 +241,8 @@ class ConvNeXt(nn.Module):
         return STEM_STRIDE * 2 ** (len(self.depths) - 1)
 
     def _norm(self, train: bool, name: str) -> nn.Module:
-        return norm_layer(self.norm, train=train, name=name, dtype=self.dtype)
+        return norm_layer(self.norm, train=train, name=name, dtype=self.dtype,
+                          axis_name=self.batch_norm_axis_name)
 
     def _stem(self, x: jax.Array, train: bool) -> jax.Array:
         width = self.stem_width or self.widths[0]
@@ -314,6 +321,7 @@ class ConvNeXt(nn.Module):
                     drop_path=rates[index],
                     weight_init=self.weight_init,
                     dtype=self.dtype,
+                    batch_norm_axis_name=self.batch_norm_axis_name,
                     name=f"stage{stage}_block{b}",
                 )(x, train)
                 index += 1

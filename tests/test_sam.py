@@ -162,10 +162,13 @@ class NormalizedLinear(nn.Module):
     """BatchNorm straight on the inputs, then a linear head: the running statistics a step
     produces do not depend on the params, only on which examples the pass saw."""
 
+    batch_norm_axis_name: tuple[str, ...] | None = None  # set by the train step
+
     @nn.compact
     def __call__(self, images, train):
         x = images.reshape(images.shape[0], -1)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         axis_name=self.batch_norm_axis_name)(x)
         return nn.Dense(3, name="head")(x)
 
 

@@ -44,8 +44,9 @@ class ConvStem(nn.Module):
     BatchNorm follows pycls: epsilon 1e-5, running averages updated as
     `stat <- 0.9 * stat + 0.1 * batch_stat` (PyTorch momentum 0.1); flax updates the running
     variance with the biased batch variance where PyTorch uses the unbiased one (a factor
-    m / (m - 1), m = batch x height x width). Under jit with a sharded batch the batch
-    statistics are global, as with PyTorch's SyncBatchNorm.
+    m / (m - 1), m = batch x height x width). The statistics are averaged over the named axes
+    `batch_norm_axis_name` (set by the train step, which runs the model per example and per
+    device), so they are those of the global batch, as with PyTorch's SyncBatchNorm.
     Init as pycls: 3x3 kernels PyTorch's default U(+-1/sqrt(fan_in)), the 1x1 kernel
     N(0, 2 / features), biases 0.
     """
@@ -54,6 +55,7 @@ class ConvStem(nn.Module):
     strides: Sequence[int]
     features: int
     dtype: Dtype = jnp.float32
+    batch_norm_axis_name: tuple[str, ...] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -72,6 +74,7 @@ class ConvStem(nn.Module):
                 use_running_average=not train,
                 momentum=0.9,
                 epsilon=1e-5,
+                axis_name=self.batch_norm_axis_name,
                 dtype=self.dtype,
                 name=f"bn{i}",
             )(x)

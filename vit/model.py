@@ -71,6 +71,9 @@ class ViT(nn.Module):
     remat_policy: str = "nothing_saveable"
     input_channels: int = 3
     dtype: Dtype = jnp.float32
+    # Named axes (vmap, shard_map) over which the conv stem's BatchNorm averages batch
+    # statistics; the train step sets them when it runs the model per example and per device.
+    batch_norm_axis_name: tuple[str, ...] | None = None
 
     def __post_init__(self):
         validate_fields(self)
@@ -83,6 +86,7 @@ class ViT(nn.Module):
                 self.conv_stem_strides,
                 self.width,
                 dtype=self.dtype,
+                batch_norm_axis_name=self.batch_norm_axis_name,
                 name="stem",
             )(images, train)
         return nn.Conv(
