@@ -1,9 +1,17 @@
-"""Peak dense bfloat16 FLOP/s of accelerators: one table for MFU and core-hour accounting.
+"""Peak dense bfloat16 FLOP/s, HBM and interconnect bandwidth of accelerators: one table for
+MFU, core-hour accounting and roofline estimates (benchmarks/step_cost.py).
 
 MFU (model FLOPs utilization) = model FLOPs per second / peak FLOP/s. A "core" is what compute
 budgets are counted in: a TensorCore on TPUs (Smith et al. 2023 count TPU-v4 core hours, two
 per chip) and a whole GPU on GPUs. A JAX device is one core on TPU v2/v3, one chip on TPU
 v4/v5p (megacore: both TensorCores behind one device) and on the one-core chips v5e/v6e.
+
+Bandwidths are per chip, in bytes/s, as the vendors state them: HBM bandwidth, and the chip's
+interconnect bandwidth (TPU ICI, NVIDIA NVLink) counted in both directions over all its links.
+Where a TPU page gives no per-chip ICI figure, it is links per chip (4 on the 2D tori of v3,
+v5e and v6e; 6 on the 3D tori of v4 and v5p) x the per-link figure of "How to Scale Your
+Model" (Austin et al. 2025, part 2, jax-ml.github.io/scaling-book/tpus), which matches the
+Cloud TPU pages where both exist (v5e 400, v5p 1,200, v6e 800 GB/s).
 """
 
 import dataclasses
@@ -16,6 +24,8 @@ class Accelerator:
     cores_per_chip: int
     cores_per_device: int  # cores behind one JAX device
     device_kinds: tuple[str, ...]  # jax `device.device_kind` strings naming this chip
+    hbm_bandwidth_per_chip: float  # bytes/s
+    interconnect_bandwidth_per_chip: float  # bytes/s, both directions, all links (ICI, NVLink)
 
     @property
     def peak_flops_per_core(self) -> float:
@@ -25,20 +35,37 @@ class Accelerator:
     def peak_flops_per_device(self) -> float:
         return self.peak_flops_per_core * self.cores_per_device
 
+    @property
+    def hbm_bandwidth_per_device(self) -> float:
+        return self.hbm_bandwidth_per_chip * self.cores_per_device / self.cores_per_chip
+
+    @property
+    def interconnect_egress_per_device(self) -> float:
+        """Bytes/s one device can send: half the two-way figure, shared by the chip's devices."""
+        per_chip = self.interconnect_bandwidth_per_chip / 2
+        return per_chip * self.cores_per_device / self.cores_per_chip
+
 
 ACCELERATORS: dict[str, Accelerator] = {
     # Cloud TPU system architecture: v3 chip 123 TFLOP/s bf16, 2 TensorCores (61.5 per core),
-    # each TensorCore a JAX device.
-    "tpu_v3": Accelerator("TPU v3", 123e12, 2, 1, ("TPU v3",)),
-    # Cloud TPU v4 docs: 275 TFLOP/s bf16 per chip, 2 TensorCores (137.5 per core), megacore.
-    "tpu_v4": Accelerator("TPU v4", 275e12, 2, 2, ("TPU v4",)),
-    # Cloud TPU v5e docs: 197 TFLOP/s bf16 per chip, 1 TensorCore.
-    "tpu_v5e": Accelerator("TPU v5e", 197e12, 1, 1, ("TPU v5 lite", "TPU v5e")),
-    # Cloud TPU v5p docs: 459 TFLOP/s bf16 per chip, 2 TensorCores, megacore.
-    "tpu_v5p": Accelerator("TPU v5p", 459e12, 2, 2, ("TPU v5", "TPU v5p")),
-    # Cloud TPU v6e (Trillium) docs: 918 TFLOP/s bf16 per chip, 1 TensorCore.
-    "tpu_v6e": Accelerator("TPU v6e", 918e12, 1, 1, ("TPU v6 lite", "TPU v6e")),
-    # NVIDIA A100 datasheet: 312 TFLOP/s bf16 Tensor Core dense (624 with sparsity), SXM and PCIe.
+    # each TensorCore a JAX device. Cloud TPU v3 docs: HBM2 32 GiB, 900 GBps per chip.
+    # ICI: 4 links x 2e11 B/s two-way (scaling book).
+    "tpu_v3": Accelerator("TPU v3", 123e12, 2, 1, ("TPU v3",), 900e9, 8e11),
+    # Cloud TPU v4 docs: 275 TFLOP/s bf16 per chip, 2 TensorCores (137.5 per core), megacore;
+    # HBM2 32 GiB, 1200 GBps. ICI: 6 links x 9e10 B/s two-way (scaling book).
+    "tpu_v4": Accelerator("TPU v4", 275e12, 2, 2, ("TPU v4",), 1200e9, 5.4e11),
+    # Cloud TPU v5e docs: 197 TFLOP/s bf16 per chip, 1 TensorCore; HBM2 16 GB, 819 GBps;
+    # bidirectional ICI bandwidth per chip 400 GBps.
+    "tpu_v5e": Accelerator("TPU v5e", 197e12, 1, 1, ("TPU v5 lite", "TPU v5e"), 819e9, 400e9),
+    # Cloud TPU v5p docs: 459 TFLOP/s bf16 per chip, 2 TensorCores, megacore; HBM 95 GiB,
+    # 2765 GBps; bidirectional ICI bandwidth per chip 1200 GBps.
+    "tpu_v5p": Accelerator("TPU v5p", 459e12, 2, 2, ("TPU v5", "TPU v5p"), 2765e9, 1200e9),
+    # Cloud TPU v6e (Trillium) docs: 918 TFLOP/s bf16 per chip, 1 TensorCore; HBM 32 GB,
+    # 1600 GBps (1640 in an earlier revision of the page); bidirectional ICI per chip 800 GBps.
+    "tpu_v6e": Accelerator("TPU v6e", 918e12, 1, 1, ("TPU v6 lite", "TPU v6e"), 1600e9, 800e9),
+    # NVIDIA A100 datasheet: 312 TFLOP/s bf16 Tensor Core dense (624 with sparsity), SXM and PCIe;
+    # HBM2e 2,039 GB/s (80GB SXM; the 40GB part has 1,555 GB/s); NVLink 600 GB/s (both
+    # directions; PCIe cards only with a bridge to one other card).
     "a100": Accelerator(
         "NVIDIA A100",
         312e12,
@@ -50,11 +77,17 @@ ACCELERATORS: dict[str, Accelerator] = {
             "NVIDIA A100-PCIE-40GB",
             "NVIDIA A100 80GB PCIe",
         ),
+        2039e9,
+        600e9,
     ),
-    # NVIDIA H100 datasheet, SXM5: 1,979 TFLOP/s bf16 with sparsity, 989.4 dense.
-    "h100_sxm": Accelerator("NVIDIA H100 SXM", 989.4e12, 1, 1, ("NVIDIA H100 80GB HBM3",)),
-    # NVIDIA H200 datasheet, SXM: the H100's compute (1,979 sparse, 989.4 dense) with more HBM.
-    "h200": Accelerator("NVIDIA H200", 989.4e12, 1, 1, ("NVIDIA H200",)),
+    # NVIDIA H100 datasheet, SXM5: 1,979 TFLOP/s bf16 with sparsity, 989.4 dense; HBM3 3.35 TB/s;
+    # NVLink 900 GB/s (both directions: 450 GB/s each way).
+    "h100_sxm": Accelerator(
+        "NVIDIA H100 SXM", 989.4e12, 1, 1, ("NVIDIA H100 80GB HBM3",), 3.35e12, 900e9
+    ),
+    # NVIDIA H200 datasheet, SXM: the H100's compute (1,979 sparse, 989.4 dense) with 141 GB of
+    # HBM3e at 4.8 TB/s; NVLink 900 GB/s.
+    "h200": Accelerator("NVIDIA H200", 989.4e12, 1, 1, ("NVIDIA H200",), 4.8e12, 900e9),
 }
 
 _BY_DEVICE_KIND = {kind.lower(): acc for acc in ACCELERATORS.values() for kind in acc.device_kinds}

@@ -44,6 +44,21 @@ def ascent_examples(group_size: int, ascent_fraction: float) -> int:
     return max(1, int(ascent_fraction * group_size + 0.5))
 
 
+def device_layout_error(num_groups: int, ascent_fraction: float, num_devices: int) -> str | None:
+    """Why SAM groups would not stay on their devices (None when they do). The train step runs
+    each device's groups on that device, so `num_groups` is a multiple of the device count; or
+    one group spans them all (global SAM), whose ascent examples must then be all of them: the
+    first `ascent_fraction` of the batch would sit on the first devices alone."""
+    if num_groups % num_devices == 0 or (num_groups == 1 and ascent_fraction == 1):
+        return None
+    return (
+        f"SAM with sam.num_groups {num_groups} and sam.ascent_fraction {ascent_fraction} would "
+        f"move examples between the {num_devices} devices: set sam.num_groups to a multiple of "
+        "the device count (per-replica SAM, Brock et al. 2021), or to 1 with "
+        "sam.ascent_fraction=1 (global SAM, Foret et al. 2021)."
+    )
+
+
 def perturbation(grads, rho: float):
     """e = rho * g / |g|, |g| the global L2 norm (Foret et al. 2021, Eq. 2 with p = 2). A zero
     gradient gives a zero perturbation (the norm is floored at 1e-12)."""

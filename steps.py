@@ -213,15 +213,9 @@ def make_train_step(
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         device_mesh = data_parallel.resolve_mesh(mesh)
         num_devices = data_parallel.num_batch_shards(device_mesh)
-        if sam_rho > 0 and sam_num_groups % num_devices and not (
-            sam_num_groups == 1 and sam_ascent_fraction == 1
-        ):
-            raise ValueError(
-                f"SAM with {sam_num_groups} groups and ascent_fraction {sam_ascent_fraction} "
-                f"would move examples between the {num_devices} devices: set sam.num_groups to "
-                "a multiple of the device count (per-replica SAM), or to 1 with "
-                "sam.ascent_fraction=1 (global SAM)."
-            )
+        error = sam.device_layout_error(sam_num_groups, sam_ascent_fraction, num_devices)
+        if sam_rho > 0 and error:
+            raise ValueError(error)
         specs = data_parallel.param_specs(state.params, param_shardings)
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         dropout_rng, mix_rng = jax.random.split(rng)

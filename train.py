@@ -29,6 +29,7 @@ import input_pipeline
 import macs
 import models
 import optim
+import sam
 import sharding
 import steps
 from metric_logging import ExampleIndexLog, MetricsLog
@@ -99,13 +100,8 @@ def validate_finetune_config(config: ml_collections.ConfigDict, need, mesh) -> N
          f"{s.ascent_fraction}.")
     need(s.num_groups >= 1 and batch % s.num_groups == 0,
          f"sam.num_groups {s.num_groups} must be >= 1 and divide global_batch_size {batch}.")
-    devices = mesh.devices.size
-    need(s.rho == 0 or s.num_groups % devices == 0 or (s.num_groups == 1 and
-                                                        s.ascent_fraction == 1),
-         f"SAM with sam.num_groups {s.num_groups} and sam.ascent_fraction {s.ascent_fraction} "
-         f"would move examples between the {devices} devices: set sam.num_groups to a multiple "
-         "of the device count (per-replica SAM, Brock et al. 2021), or to 1 with "
-         "sam.ascent_fraction=1 (global SAM, Foret et al. 2021).")
+    layout_error = sam.device_layout_error(s.num_groups, s.ascent_fraction, mesh.devices.size)
+    need(s.rho == 0 or layout_error is None, layout_error)
     need(s.rho == 0 or config.grad_accum_steps == 1,
          "SAM (sam.rho > 0) does not combine with gradient accumulation; set grad_accum_steps=1 "
          "or sam.rho=0.")

@@ -49,10 +49,10 @@ def norm_layer(
     statistics over every axis but the last in training and the running averages in evaluation.
     `axis_name`: the named axes (of `vmap` or `shard_map`) the batch is split over, whose
     statistics are averaged; the train step runs models per example and per device and sets
-    them, so the statistics are those of the whole global batch. Running averages live in `batch_stats`:
-    running = 0.9 * running + 0.1 * batch statistic, as PyTorch's momentum 0.1, except that the
-    variance averaged is the biased one (flax) where PyTorch averages the unbiased n / (n - 1)
-    one, n = examples x positions, a relative difference of 1 / (n - 1).
+    them, so the statistics are those of the whole global batch. Running averages live in
+    `batch_stats`: running = 0.9 * running + 0.1 * batch statistic, as PyTorch's momentum 0.1,
+    except that the variance averaged is the biased one (flax) where PyTorch averages the
+    unbiased n / (n - 1) one, n = examples x positions, a relative difference of 1 / (n - 1).
     'layer': the same formula with mu, var over the channels of each position, eps 1e-6 (the
     "channels-last" LayerNorm of ConvNeXt; for NHWC data its "channels-first" one is identical).
     Variances are computed as E[(x - mu)^2], not E[x^2] - mu^2, to match PyTorch.
