@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import step_cost  # noqa: E402
+from benchmarks import hlo_cost, step_cost  # noqa: E402
 from configs import quickstart  # noqa: E402
 
 BATCH, RESOLUTION = 64, 64  # 64 px: padding taps, which macs.py counts and XLA skips, are few
@@ -50,12 +50,7 @@ def config_for(model, overrides, changes=None, num_devices=1):
     c.global_batch_size, c.data.train_resolution = BATCH, RESOLUTION
     c.sam.num_groups = num_devices  # per-replica SAM, where SAM is on
     c.fsdp_min_shard_size = 1024  # so that the tiny models have FSDP-sharded params
-    for key, value in (changes or {}).items():
-        target = c
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    c.update_from_flattened_dict(dict(changes or {}))
     return c
 
 
@@ -99,8 +94,8 @@ def grouped_conv_all_gathers() -> dict:
         step = jax.jit(jax.grad(loss, argnums=(0, 1)), out_shardings=(batch, replicated))
         x = jax.ShapeDtypeStruct((64, 8, 8, 16), jnp.float32, sharding=batch)
         w = jax.ShapeDtypeStruct((3, 3, 16 // groups, 16), jnp.float32, sharding=replicated)
-        module = step_cost.parse_hlo(step.lower(x, w).compile().as_text())
-        counts[groups] = sum(c.count for c in step_cost.hlo_collectives(module, 8)
+        module = hlo_cost.parse_hlo(step.lower(x, w).compile().as_text())
+        counts[groups] = sum(c.count for c in hlo_cost.hlo_collectives(module, 8)
                              if c.kind == "all-gather")
     return counts
 

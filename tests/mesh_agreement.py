@@ -44,12 +44,7 @@ def config_for(model, overrides, changes):
     c.global_batch_size = BATCH
     c.fsdp_min_shard_size = 256
     c.optimizer.learning_rate = 0.5
-    for key, value in changes.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    c.update_from_flattened_dict(dict(changes or {}))
     return c
 
 

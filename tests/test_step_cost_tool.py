@@ -19,7 +19,7 @@ import pytest
 from jax import lax
 
 import hardware
-from benchmarks import step_cost
+from benchmarks import hlo_cost, step_cost
 from configs.quickstart import get_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,20 +54,20 @@ def test_convolution_flops_equal_xla_forward_and_backward(stride, padding, dilat
     for fn, args in ((conv, (x, k)), (lambda x, k, ct: jax.vjp(conv, x, k)[1](ct),
                                       (x, k, cotangent))):
         c = compiled(fn, *args)  # Padding taps are skipped, as XLA does.
-        assert step_cost.hlo_flops(c.as_text()) == c.cost_analysis()["flops"]
+        assert hlo_cost.hlo_flops(c.as_text()) == c.cost_analysis()["flops"]
 
 
 def test_convolution_flops_with_batch_groups_and_dot_flops():
     # A kernel gradient as GPU and TPU compilers write it: batch_group_count = feature groups.
     shapes = ((8, 6, 6, 32), (4, 6, 6, 16), (3, 3, 8, 16))
-    lhs, rhs, out = (step_cost.Array("f32", dims) for dims in shapes)
+    lhs, rhs, out = (hlo_cost.Array("f32", dims) for dims in shapes)
     attrs = {"dim_labels": "f01b_i01o->01bf", "window": "{size=6x6 pad=1_1x1_1}",
              "batch_group_count": "2"}
     # 2 x input features (8) x output features (16) x batch (32 / 2) x 3 x 3 output positions
     # x 6 x 6 kernel taps, less the taps on padding: 16 valid (tap, position) pairs of 18 per dim.
-    assert step_cost.convolution_flops(lhs, rhs, out, attrs) == 2 * 8 * 16 * 16 * 16 * 16
-    dot = step_cost.dot_flops(step_cost.Array("bf16", (3, 64, 128)),
-                              step_cost.Array("f32", (3, 64, 32)), [2])
+    assert hlo_cost.convolution_flops(lhs, rhs, out, attrs) == 2 * 8 * 16 * 16 * 16 * 16
+    dot = hlo_cost.dot_flops(hlo_cost.Array("bf16", (3, 64, 128)),
+                              hlo_cost.Array("f32", (3, 64, 32)), [2])
     assert dot == 2 * 3 * 64 * 32 * 128
 
 
@@ -91,8 +91,8 @@ PARAMS = {"conv0": S((3, 3, 3, 64), jnp.float32), "conv1": S((3, 3, 32, 64), jnp
 def test_counter_agrees_with_cost_analysis_on_a_loop_free_step():
     c = compiled(_train_step, PARAMS, S((8, 16, 16, 3), jnp.float32), S((8, 10), jnp.float32))
     text = c.as_text()
-    assert not step_cost.while_loops(text)
-    flops, xla = step_cost.hlo_flops(text), c.cost_analysis()["flops"]
+    assert not hlo_cost.while_loops(text)
+    flops, xla = hlo_cost.hlo_flops(text), c.cost_analysis()["flops"]
     assert 0.95 * xla <= flops <= xla  # XLA also counts the elementwise ops.
 
 
@@ -112,9 +112,9 @@ def test_loop_bodies_count_once_per_iteration_where_xla_counts_them_once():
                       S((micro, 10), jnp.float32))
     looped = compiled(accumulated, PARAMS, S((steps * micro, 16, 16, 3), jnp.float32),
                       S((steps * micro, 10), jnp.float32))
-    (loop,) = step_cost.while_loops(looped.as_text())
+    (loop,) = hlo_cost.while_loops(looped.as_text())
     assert loop["trip_count"] == steps and loop["runs"] == 1
-    ours = step_cost.hlo_flops(looped.as_text()) / step_cost.hlo_flops(single.as_text())
+    ours = hlo_cost.hlo_flops(looped.as_text()) / hlo_cost.hlo_flops(single.as_text())
     xla = looped.cost_analysis()["flops"] / single.cost_analysis()["flops"]
     assert ours == pytest.approx(steps, rel=1e-3)
     assert xla < 1.5  # cost_analysis counts the body once
@@ -127,7 +127,7 @@ def test_nested_loops_multiply():
         return lax.scan(outer, x, None, length=5)[0]
 
     c = compiled(fn, S((16, 64), jnp.float32), S((64, 64), jnp.float32))
-    assert step_cost.hlo_flops(c.as_text()) == 15 * 2 * 16 * 64 * 64
+    assert hlo_cost.hlo_flops(c.as_text()) == 15 * 2 * 16 * 64 * 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ HLO = (REPO / "tests" / "fixtures" / "step_cost_module.hlo.txt").read_text()
 
 
 def test_collectives_parsed_from_hlo_text():
-    found = {(c.kind, c.shape): c for c in step_cost.hlo_collectives(HLO, num_devices=8)}
+    found = {(c.kind, c.shape): c for c in hlo_cost.hlo_collectives(HLO, num_devices=8)}
     assert set(found) == {
         ("all-reduce", (8, 16)), ("all-gather", (16, 16)), ("all-reduce", (2, 16)),
         ("reduce-scatter", (16, 16)), ("collective-permute", (2, 16)), ("all-to-all", (8, 16)),
@@ -157,15 +157,15 @@ def test_collectives_parsed_from_hlo_text():
 
 def test_flops_of_loops_fusions_and_branches_in_hlo_text():
     # The loop's fused dot runs 3 times, each conditional branch is counted once.
-    assert step_cost.hlo_flops(HLO) == (3 + 1) * 2 * 8 * 4 * 16
+    assert hlo_cost.hlo_flops(HLO) == (3 + 1) * 2 * 8 * 4 * 16
 
 
 def test_ring_bytes_sent():
-    assert step_cost.ring_bytes_sent("all-reduce", 800, 8) == 2 * 700
-    assert step_cost.ring_bytes_sent("all-gather", 800, 8) == 700
-    assert step_cost.ring_bytes_sent("reduce-scatter", 800, 4) == 600
-    assert step_cost.ring_bytes_sent("collective-permute", 800, 8) == 800
-    assert step_cost.ring_bytes_sent("all-reduce", 800, 1) == 0
+    assert hlo_cost.ring_bytes_sent("all-reduce", 800, 8) == 2 * 700
+    assert hlo_cost.ring_bytes_sent("all-gather", 800, 8) == 700
+    assert hlo_cost.ring_bytes_sent("reduce-scatter", 800, 4) == 600
+    assert hlo_cost.ring_bytes_sent("collective-permute", 800, 8) == 800
+    assert hlo_cost.ring_bytes_sent("all-reduce", 800, 1) == 0
 
 
 class _Sharding:  # The one method of NamedSharding that parameter_shapes uses.
@@ -181,19 +181,19 @@ def test_classification_by_parameter_shapes():
               "gain": S((), jnp.float32)}
     shardings = {"kernel": _Sharding((3, 3, 64, 32)), "bias": _Sharding((1, 1, 128)),
                  "gain": _Sharding(())}
-    shapes = step_cost.parameter_shapes(params, shardings)
-    classify = lambda dims, kind="all-reduce", group=None: step_cost.classify(dims, shapes, kind,
+    shapes = hlo_cost.parameter_shapes(params, shardings)
+    classify = lambda dims, kind="all-reduce", group=None: hlo_cost.classify(dims, shapes, kind,
                                                                              group)
-    assert classify((3, 3, 64, 128)) == classify((3, 3, 64, 32)) == step_cost.PARAMETER
-    assert classify((3, 3, 32, 64), "reduce-scatter") == step_cost.PARAMETER  # any dim order
-    assert classify((128,)) == step_cost.PARAMETER  # size-1 dimensions ignored
-    assert classify((3, 3, 64, 128), "all-gather", 4) == step_cost.PARAMETER  # 4 shards
+    assert classify((3, 3, 64, 128)) == classify((3, 3, 64, 32)) == hlo_cost.PARAMETER
+    assert classify((3, 3, 32, 64), "reduce-scatter") == hlo_cost.PARAMETER  # any dim order
+    assert classify((128,)) == hlo_cost.PARAMETER  # size-1 dimensions ignored
+    assert classify((3, 3, 64, 128), "all-gather", 4) == hlo_cost.PARAMETER  # 4 shards
     # An all-gather never makes a replicated parameter whole, nor a sharded one over more
     # devices than it has shards: those are activations of the same shape.
-    assert classify((128, 1, 1, 3 * 3 * 64), "all-gather") == step_cost.ACTIVATION
-    assert classify((3, 3, 64, 128), "all-gather", 8) == step_cost.ACTIVATION
-    assert classify(()) == classify((4096,)) == step_cost.SMALL  # scalars are small
-    assert classify((16, 8, 8, 32)) == classify((4097,)) == step_cost.ACTIVATION
+    assert classify((128, 1, 1, 3 * 3 * 64), "all-gather") == hlo_cost.ACTIVATION
+    assert classify((3, 3, 64, 128), "all-gather", 8) == hlo_cost.ACTIVATION
+    assert classify(()) == classify((4096,)) == hlo_cost.SMALL  # scalars are small
+    assert classify((16, 8, 8, 32)) == classify((4097,)) == hlo_cost.ACTIVATION
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ SHARDED_STEP = textwrap.dedent("""\
     import json, sys
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from benchmarks import step_cost
+    from benchmarks import hlo_cost, step_cost
 
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
     named = lambda *spec: NamedSharding(mesh, P(*spec))
@@ -283,10 +283,10 @@ SHARDED_STEP = textwrap.dedent("""\
     # h is returned replicated: an activation (or its input x) is gathered.
     jitted = jax.jit(step, out_shardings=(shardings, named()))
     text = jitted.lower(params, x).compile().as_text()
-    known = step_cost.parameter_shapes(params, shardings)
+    known = hlo_cost.parameter_shapes(params, shardings)
     rows = [dict(kind=c.kind, shape=c.shape, group=c.group_size, count=c.count,
-                 cls=step_cost.classify(c.shape, known, c.kind, c.group_size))
-            for c in step_cost.hlo_collectives(text, 8)]
+                 cls=hlo_cost.classify(c.shape, known, c.kind, c.group_size))
+            for c in hlo_cost.hlo_collectives(text, 8)]
     ideal = [(c.kind, c.bytes, c.group_size)
              for c in step_cost.ideal_collectives(params, shardings, dict(data=4, fsdp=2))]
     print(json.dumps(dict(rows=rows, ideal=ideal)))
@@ -311,12 +311,12 @@ def test_collectives_of_a_sharded_step_on_eight_devices():
     # gradients (w2 perhaps transposed, b) are all-reduced over all 8; w1's gradient is reduced
     # too (XLA:CPU: an all-reduce over 'fsdp', then the shard's over 'data'); the replicated
     # output h, or its input x, is gathered: an activation.
-    assert rows["all-gather", (64, 128)] == (step_cost.PARAMETER, 2)
-    assert rows["all-reduce", (10, 128)] == rows["all-reduce", (128,)] == (step_cost.PARAMETER, 8)
-    assert any(cls == step_cost.PARAMETER and kind in ("all-reduce", "reduce-scatter")
+    assert rows["all-gather", (64, 128)] == (hlo_cost.PARAMETER, 2)
+    assert rows["all-reduce", (10, 128)] == rows["all-reduce", (128,)] == (hlo_cost.PARAMETER, 8)
+    assert any(cls == hlo_cost.PARAMETER and kind in ("all-reduce", "reduce-scatter")
                and 64 * 128 in (math.prod(shape) * 2, math.prod(shape))
                for (kind, shape), (cls, _) in rows.items() if kind != "all-gather")
-    activations = [shape for shape, (cls, _) in rows.items() if cls == step_cost.ACTIVATION]
+    activations = [shape for shape, (cls, _) in rows.items() if cls == hlo_cost.ACTIVATION]
     assert activations and all(s in ((64, 256), (128, 256)) for _, s in activations)
     w1_bytes, replicated = 64 * 128 * 4, (128 * 10 + 128) * 4
     assert sorted(map(tuple, result["ideal"])) == sorted([
@@ -342,10 +342,10 @@ def test_command_line_on_eight_devices(tmp_path):
     assert cost["flops"] > cost["xla_flops"] * 1.2  # the loop body is counted twice, XLA once
     assert cost["temp_bytes"] > 0 and cost["argument_bytes"] > 0
     kinds = {c["kind"] for c in cost["collectives"]}
-    assert kinds and kinds <= set(step_cost.COLLECTIVES)
-    assert all(c["cls"] in (step_cost.PARAMETER, step_cost.SMALL, step_cost.ACTIVATION)
+    assert kinds and kinds <= set(hlo_cost.COLLECTIVES)
+    assert all(c["cls"] in (hlo_cost.PARAMETER, hlo_cost.SMALL, hlo_cost.ACTIVATION)
                for c in cost["collectives"])
     assert cost["ideal"] == [{"kind": "all-reduce", "dtype": "f32", "shape": [],
                               "bytes": cost["param_bytes"], "count": 1, "group_size": 8,
-                              "cls": step_cost.PARAMETER}]
+                              "cls": hlo_cost.PARAMETER}]
     assert 0 < cost["roofline"]["mfu"] < 1
