@@ -19,8 +19,9 @@ give the same result on every mesh:
   not depend on which device holds the example;
 - BatchNorm averages its statistics over EXAMPLE_AXIS and the batch axes: the global batch
   (models take the axis names as `batch_norm_axis_name`; see `with_batch_norm_axes`);
-- the steps pick sub-batches (micro-batches, MixUp pairs, SAM groups) so that each lies on one
-  device for any mesh that splits the batch evenly.
+- the steps pick sub-batches that no device boundary cuts, for any mesh that splits the batch
+  evenly: MixUp pairs and SAM groups lie whole on one device, and each micro-batch of gradient
+  accumulation has an equal part on every device.
 """
 
 import dataclasses

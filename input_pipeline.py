@@ -78,7 +78,7 @@ def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict
             # A TFDS name (prepared as ArrayRecord), 'image_folder' (data_dir/split/class/*.jpg),
             # 'npz' (data_dir/split.npz with `image`, `label`), 'digits' or 'synthetic'.
             name=name,
-            data_dir=None,
+            data_dir=ml_collections.config_dict.placeholder(str),  # None: TFDS's default
             train_split="train",
             eval_split="validation",
             image_key="image",  # TFDS feature names.
@@ -95,7 +95,8 @@ def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict
             crop_area_range=(0.08, 1.0),
             crop_aspect_ratio_range=(3 / 4, 4 / 3),
             random_flip=True,
-            randaugment=None,  # (layers, magnitude), e.g. (4, 15) for NFNet-F3+ (Table 1).
+            # (layers, magnitude), e.g. (4, 15) for NFNet-F3+ (Table 1); None: off.
+            randaugment=ml_collections.config_dict.placeholder(tuple),
             random_erasing=0.0,  # Probability; ConvNeXt uses 0.25.
             repeated_augmentation=1,  # Augmented copies of each example per batch.
             corrupt_records="error",  # 'error' or 'replace'.
