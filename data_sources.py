@@ -124,28 +124,39 @@ class NpzSource(ArraySource):
             super().__init__(data["image"], data["label"], name=path)
 
 
+def image_folder_classes(root: str) -> list[str]:
+    """The sorted class sub-folder names of the split folder `root` (a directory listing)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"No split folder {root}; create {root}/<class name>/<image files> or point "
+            "config.data.data_dir and the split name at an existing folder."
+        )
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise FileNotFoundError(
+            f"Split folder {root} has no class folders; put each class's images in their own "
+            f"sub-folder, {root}/<class name>/<image files>."
+        )
+    return classes
+
+
 class ImageFolderSource(RandomAccessSource):
     """`root/{class_name}/{file}` images; classes are the sorted sub-folder names, and records
     are the files in (class, file name) order."""
 
     def __init__(self, root: str):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(
-                f"No image folder {root}; create {root}/<class name>/<image files> or point "
-                "config.data.data_dir and the split name at an existing folder."
-            )
-        self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        self.classes = image_folder_classes(root)
         self._paths, labels = [], []
         for label, name in enumerate(self.classes):
             folder = os.path.join(root, name)
             files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not files:
+                raise FileNotFoundError(
+                    f"Class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                    "add its images or remove the folder."
+                )
             self._paths += [os.path.join(folder, f) for f in files]
             labels += [label] * len(files)
-        if not self._paths:
-            raise FileNotFoundError(
-                f"No images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of {root}; put "
-                "each class's images in their own sub-folder."
-            )
         self._labels = np.asarray(labels, np.int32)
         self.num_classes = len(self.classes)
 
@@ -324,6 +335,22 @@ def digits_source(split: str) -> ArraySource:
     return ArraySource(images, labels, num_classes=10, name=f"digits split {split!r}")
 
 
+def local_data_dir(data_config) -> str:
+    """`config.data.data_dir` of an image-folder or npz dataset, checked to exist."""
+    data_dir = data_config.data_dir
+    if not data_dir:
+        raise ValueError(
+            f"config.data.data_dir is empty; set it to the folder that holds the splits of the "
+            f"{data_config.name!r} dataset."
+        )
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(
+            f"No folder {data_dir} (config.data.data_dir); set config.data.data_dir to the "
+            f"existing folder that holds the splits of the {data_config.name!r} dataset."
+        )
+    return data_dir
+
+
 def open_source(data_config, split: str) -> RandomAccessSource:
     """The source of `split` for `config.data` (see `input_pipeline.default_data_config`)."""
     name = data_config.name
@@ -345,14 +372,9 @@ def open_source(data_config, split: str) -> RandomAccessSource:
     if name == DIGITS:
         return digits_source(split)
     if name == IMAGE_FOLDER:
-        if not data_config.data_dir:
-            raise ValueError(
-                "config.data.data_dir is empty; set it to the folder that holds the split "
-                "folders of the image-folder dataset."
-            )
-        return ImageFolderSource(os.path.join(data_config.data_dir, split))
+        return ImageFolderSource(os.path.join(local_data_dir(data_config), split))
     if name == NPZ:
-        return NpzSource(data_config.data_dir, split)
+        return NpzSource(local_data_dir(data_config), split)
     return TfdsSource(
         name,
         split,

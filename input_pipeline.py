@@ -83,7 +83,7 @@ def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict
             eval_split="validation",
             image_key="image",  # TFDS feature names.
             label_key="label",
-            num_classes=1000,
+            num_classes=1000,  # 0: from the data (class folders, or TFDS's label feature).
             train_resolution=224,
             eval_resolution=256,  # Smith et al. 2023: 224 px train, 256 px eval.
             eval_crop_ratio=0.875,  # Eval: shorter side to resolution / ratio, centre crop.
@@ -114,9 +114,11 @@ def _check_config(c) -> None:
     def fail(what: str, fix: str):
         raise ValueError(f"config.data.{what}; {fix}.")
 
-    for field in ("train_resolution", "eval_resolution", "num_classes"):
+    for field in ("train_resolution", "eval_resolution"):
         if int(c[field]) <= 0:
             fail(f"{field} is {c[field]}", "set it to a positive integer")
+    if int(c.num_classes) < 0:
+        fail(f"num_classes is {c.num_classes}", "set it to the class count, or 0 for the data's")
     if not 0 < c.eval_crop_ratio <= 1:
         fail(f"eval_crop_ratio is {c.eval_crop_ratio}", "choose a ratio in (0, 1], e.g. 0.875")
     if len(c.mean) != 3 or len(c.std) != 3 or min(c.std) <= 0:
@@ -378,12 +380,27 @@ def _open(data_config, split: str, source):
     source = source if source is not None else data_sources.open_source(data_config, split)
     if len(source) == 0:
         raise ValueError(f"Split {split!r} is empty; point config.data at a split with data.")
-    if source.num_classes is not None and source.num_classes != data_config.num_classes:
+    resolve_num_classes(data_config, split, source)
+    return source
+
+
+def resolve_num_classes(data_config, split: str, source) -> int:
+    """`config.data.num_classes`, or the source's class count when it is 0 ("from the data");
+    an error when the source disagrees with the value given or cannot say."""
+    given = int(data_config.num_classes)
+    if given == 0 and source.num_classes is None:
+        raise ValueError(
+            f"config.data.num_classes is 0 (take it from the data), but split {split!r} of the "
+            f"{data_config.name!r} dataset does not record its class count; set "
+            "config.data.num_classes to the number of classes."
+        )
+    if given and source.num_classes is not None and source.num_classes != given:
         raise ValueError(
             f"Split {split!r} has {source.num_classes} classes but config.data.num_classes is "
-            f"{data_config.num_classes}; set config.data.num_classes={source.num_classes}."
+            f"{given}; set config.data.num_classes={source.num_classes} (or 0 to take it from "
+            "the data)."
         )
-    return source
+    return given or source.num_classes
 
 
 def _parallelism(data_config) -> dict:
@@ -560,3 +577,80 @@ def to_global_batch(host_batch: Batch, sharding: jax.sharding.NamedSharding) -> 
             jax.sharding.NamedSharding(sharding.mesh, spec), value
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m input_pipeline stats --config=...`: per-channel mean and std of the train split.
+# ---------------------------------------------------------------------------------------------
+
+STATS_MAX_EXAMPLES = 10_000
+STATS_USAGE = (
+    "python -m input_pipeline stats --config=configs/X.py [--config.data.NAME=VALUE ...] "
+    f"[--max_examples={STATS_MAX_EXAMPLES}]"
+)
+
+
+def stats_records(num_examples: int, max_examples: int) -> np.ndarray:
+    """All records, or `max_examples` evenly spaced ones: a deterministic subsample."""
+    count = min(num_examples, max_examples)
+    return np.arange(count, dtype=np.int64) * num_examples // count
+
+
+def channel_stats(source, max_examples: int = STATS_MAX_EXAMPLES):
+    """(mean, std, images read): per-channel statistics of pixels / 255 over whole decoded
+    images (every pixel weighs the same) of `stats_records` of the source."""
+    records = stats_records(len(source), max_examples)
+
+    def sums(image, label):
+        del label
+        x = tf.reshape(tf.cast(augment.decode(image), tf.float64) / 255.0, [-1, 3])
+        return tf.reduce_sum(x, 0), tf.reduce_sum(x * x, 0), tf.cast(tf.shape(x)[0], tf.float64)
+
+    ds = tf.data.Dataset.from_tensor_slices(records).batch(256).map(source.tf_read).unbatch()
+    ds = ds.map(sums, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    total, squares, pixels = np.zeros(3), np.zeros(3), 0.0
+    for s, s2, n in ds.as_numpy_iterator():
+        total, squares, pixels = total + s.sum(0), squares + s2.sum(0), pixels + n.sum()
+    mean = total / pixels
+    return mean, np.sqrt(np.maximum(squares / pixels - mean**2, 0.0)), len(records)
+
+
+def stats_report(data_config, max_examples: int = STATS_MAX_EXAMPLES) -> str:
+    """What `python -m input_pipeline stats` prints, ending with the flags to paste."""
+    split = data_config.train_split
+    source = data_sources.open_source(data_config, split)
+    mean, std, count = channel_stats(source, max_examples)
+    fmt = lambda v: "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
+    return (
+        f"Split {split!r} of {data_config.name!r}: {count} of {len(source)} images "
+        f"(--max_examples={max_examples}, evenly spaced), pixels / 255 per channel:\n"
+        f"  mean {fmt(mean)}\n  std  {fmt(std)}\n"
+        f"--config.data.mean='{fmt(mean)}' --config.data.std='{fmt(std)}'"
+    )
+
+
+def _stats_main() -> None:
+    import sys
+
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "Config whose config.data is read.")
+    max_examples = flags.DEFINE_integer(
+        "max_examples", STATS_MAX_EXAMPLES, "Read at most this many (evenly spaced) images."
+    )
+
+    def main(argv):
+        if argv[1:] != ["stats"] or config.value is None or max_examples.value <= 0:
+            raise app.UsageError(f"Usage: {STATS_USAGE}")
+        try:
+            print(stats_report(config.value.data, max_examples.value))
+        except (ValueError, OSError) as error:  # The data sources' one-sentence errors.
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(main)
+
+
+if __name__ == "__main__":
+    _stats_main()

@@ -22,6 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import checkpoint
+import data_sources
 import distributed
 import finetune
 import hardware
@@ -139,6 +140,26 @@ def run_length(config, num_train_examples: int) -> tuple[int, int]:
     return total, warmup
 
 
+def open_data(config, dry_run: bool = False):
+    """Opens the train and eval splits once, before the model exists: sets
+    config.data.num_classes from the data when it is 0 (the model's head needs it) and returns
+    (train source, eval source, number of training examples). A dry run opens nothing that it
+    does not need. Data errors become ConfigErrors."""
+    data, num_train = config.data, config.num_train_examples
+    if dry_run and num_train > 0 and data.num_classes > 0:
+        return None, None, num_train
+    try:
+        train_source = data_sources.open_source(data, data.train_split)
+        data.num_classes = input_pipeline.resolve_num_classes(data, data.train_split, train_source)
+        eval_source = None
+        if not dry_run:  # Fail now rather than at the first evaluation.
+            eval_source = data_sources.open_source(data, data.eval_split)
+            input_pipeline.resolve_num_classes(data, data.eval_split, eval_source)
+    except (ValueError, OSError) as error:
+        raise ConfigError(str(error)) from None
+    return train_source, eval_source, num_train if num_train > 0 else len(train_source)
+
+
 def create_model(config):
     return models.create(
         config.model.name,
@@ -208,11 +229,12 @@ def abstract_batch(batch_size: int, resolution: int, flag: str, batch_sharding) 
 
 
 
-def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str) -> dict:
+def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str,
+             source=None) -> dict:
     """Loss, top-1 and top-5 over the whole eval split, each example counted once."""
     totals = None
     iterator = input_pipeline.create_eval_iterator(
-        config.data, global_batch_size=config.eval_batch_size
+        config.data, global_batch_size=config.eval_batch_size, source=source
     )
     for host_batch in iterator:
         sums = eval_step(params, batch_stats, device_batch(host_batch, "mask", batch_sharding))
@@ -241,9 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
     batch_sharding = sharding.batch_sharding(mesh)
 
     # Data: the run length and every batch follow from the config and the step alone.
-    num_train = config.num_train_examples
-    if num_train <= 0:
-        num_train = input_pipeline.num_examples(config.data, config.data.train_split)
+    train_source, eval_source, num_train = open_data(config, dry_run)
     total_steps, warmup_steps = run_length(config, num_train)
 
     # Model, optimizer and the sharded train state, created directly in its sharding.
@@ -342,10 +362,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
 
         def run_eval(state) -> dict:
             results = evaluate(eval_step, state.params, state.batch_stats, config,
-                               batch_sharding, "eval_")
+                               batch_sharding, "eval_", eval_source)
             if state.ema_params is not None:
                 results |= evaluate(eval_step, state.ema_params, state.batch_stats, config,
-                                    batch_sharding, "ema_eval_")
+                                    batch_sharding, "ema_eval_", eval_source)
             return results
 
         train_iter = input_pipeline.create_train_iterator(
@@ -353,6 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
             global_batch_size=config.global_batch_size,
             seed=config.seed,
             start_step=start_step,
+            source=train_source,
         )
         try:
             last_log_time, last_log_step = time.perf_counter(), start_step
@@ -469,7 +490,7 @@ def main(argv) -> None:
     try:
         train_and_evaluate(config, _WORKDIR.value, dry_run=_DRY_RUN.value)
     except (ConfigError, checkpoint.RunMismatchError, checkpoint.CheckpointSaveError,
-            FloatingPointError) as error:
+            FloatingPointError, input_pipeline.CorruptRecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:  # E.g. a full disk or an unwritable workdir for metrics.

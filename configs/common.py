@@ -1,7 +1,12 @@
-"""Pieces shared by every config: the base config and the `get_config(arg)` argument parser.
+"""Pieces shared by every config: the base config, the `get_config(arg)` argument parser and the
+data arguments.
 
 A config file's `get_config(arg)` takes an optional string such as "epochs=8,lr=1.6,imagenet":
 comma-separated `key=value` pairs and bare flags, parsed against the defaults it declares.
+
+Fields whose default is "unset" are typed placeholders (`FieldReference(None, field_type=...)`),
+never a bare None: config_flags can only override a field of a known type. Assigning None to a
+placeholder keeps its type.
 """
 
 import ast
@@ -32,6 +37,27 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         else:
             parsed[key] = value.strip()
     return parsed
+
+
+# The data arguments of every model config, for `parse_arg(arg, **DATA_ARGS, ...)`: a dataset
+# name (`input_pipeline.default_data_config`, its preset applied), its directory and class count.
+DATA_ARGS = dict(data="", data_dir="", classes=0)
+
+
+def data_config(
+    a: ml_collections.ConfigDict, default: str = "imagenet2012"
+) -> ml_collections.ConfigDict:
+    """`config.data` for the parsed DATA_ARGS `a` (`a.data` '' means `default`). Without
+    `classes=`, num_classes is the preset's, or 0 (from the source) for a dataset without one."""
+    name = a.data or default
+    data = input_pipeline.default_data_config(name)
+    if a.data_dir:
+        data.data_dir = a.data_dir
+    if a.classes > 0:
+        data.num_classes = a.classes
+    elif "num_classes" not in input_pipeline.DATASET_PRESETS.get(name, {}):
+        data.num_classes = 0
+    return data
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -66,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
             nesterov=True,
             weight_decay=2e-5,
             weight_decay_exclude=(),  # Regexes over '/'-joined param paths; 1-D never decays.
-            agc_clip=0.01,  # None disables AGC.
+            agc_clip=ml_collections.FieldReference(0.01, field_type=float),  # None: no AGC.
             agc_eps=1e-3,
             agc_exclude=(r"^head/kernel$",),
             b1=0.9,
@@ -81,7 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # Sharpness-aware minimization (sam.py): rho = 0 is off. The ascent step uses the first
     # ascent_fraction of each of num_groups groups of the batch (1: global SAM; the number of
-    # data-parallel replicas: Brock et al. 2021a's per-replica SAM).
+    # data-parallel replicas: Brock et al. 2021a's per-replica SAM). Groups stay on their
+    # devices: num_groups is a multiple of the device count, or 1 with ascent_fraction 1.
     c.sam = ml_collections.ConfigDict(dict(rho=0.0, ascent_fraction=1.0, num_groups=1))
     # Initialisation from pre-trained weights (finetune.py); path '' trains from scratch.
     c.init = ml_collections.ConfigDict(

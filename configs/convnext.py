@@ -7,18 +7,20 @@ epochs with 20 warm-up, cosine, MixUp 0.8 / CutMix 1.0, label smoothing 0.1, ran
 a 224 / 256 centre crop for evaluation. Deviations: RandAugment uses the NFNet op set at
 (2, 9) in place of timm's "rand-m9-mstd0.5-inc1"; the cosine ends at 0, not 1e-6.
 
-Arguments: `epochs=`, `lr=` (peak at batch 4096), `data=`, `classes=`.
+Arguments: `epochs=`, `lr=` (peak at batch 4096), `data=`, `data_dir=`, `classes=`
+(configs/common.py).
 """
 
 import ml_collections
 
-from configs.common import base_config, parse_arg
+from configs.common import DATA_ARGS, base_config, data_config, parse_arg
 
 
 def convnext_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, epochs=300.0, lr=4e-3, data="", classes=0)
+    a = parse_arg(arg, epochs=300.0, lr=4e-3, **DATA_ARGS)
     c = base_config()
     c.model.name = f"convnext_{variant}"
+    c.data = data_config(a)
     c.total_epochs = a.epochs
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = a.lr
@@ -33,8 +35,4 @@ def convnext_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.eval_crop_ratio = 224 / 256
     c.data.randaugment = (2, 9)
     c.data.random_erasing = 0.25
-    if a.data:
-        c.data.name = a.data
-    if a.classes > 0:
-        c.data.num_classes = a.classes
     return c

@@ -7,14 +7,14 @@ Steps, in order: see `convnext.ROADMAP` (resnet50, stage_ratio, ..., separate_do
 Other arguments as in configs/convnext.py.
 """
 
-from configs.common import parse_arg
+from configs.common import DATA_ARGS, parse_arg
 from configs.convnext import convnext_config
 
 
 def get_config(arg=None):
     import convnext
 
-    a = parse_arg(arg, step="separate_downsampling", epochs=300.0, lr=4e-3, data="", classes=0)
+    a = parse_arg(arg, step="separate_downsampling", epochs=300.0, lr=4e-3, **DATA_ARGS)
     if a.step not in convnext.ROADMAP:
         raise ValueError(
             f"Unknown roadmap step {a.step!r}; choose one of {list(convnext.ROADMAP)}."

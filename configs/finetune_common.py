@@ -3,7 +3,7 @@ finetune_vit.py): the common arguments and the config they build on.
 
 Common arguments: `init=` the pre-trained checkpoint (a workdir of this codebase, a timm
 .safetensors or a big_vision / DeepMind .npz; see finetune.py), `model=` the variant (the
-checkpoint's), `classes=`, `data=` (a dataset name, its preset applied), `res=` / `eval_res=`
+checkpoint's), `data=`, `data_dir=`, `classes=` (configs/common.py), `res=` / `eval_res=`
 train and eval resolutions, `repeat=` repeated augmentation (copies of each example per batch,
 Hoffer et al. 2020), `batch=`, `lr=` (peak lr at the recipe's batch size, scaled linearly with
 `batch`), `sam_rho=` (0: no SAM) and `sam_groups=`.
@@ -11,12 +11,11 @@ Hoffer et al. 2020), `batch=`, `lr=` (peak lr at the recipe's batch size, scaled
 
 import ml_collections
 
-import input_pipeline
-from configs.common import base_config, parse_arg
+from configs.common import DATA_ARGS, base_config, data_config, parse_arg
 
 
 def parse_finetune_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    common = dict(init="", classes=0, data="imagenet2012", repeat=1, sam_rho=0.0, sam_groups=1)
+    common = dict(init="", repeat=1, sam_rho=0.0, sam_groups=1, **DATA_ARGS)
     return parse_arg(arg, **{**common, **defaults})
 
 
@@ -28,9 +27,7 @@ def finetune_base(
     c = base_config()
     c.model.name = model_name
     c.init.path = a.init
-    c.data = input_pipeline.default_data_config(a.data)
-    if a.classes > 0:
-        c.data.num_classes = a.classes
+    c.data = data_config(a)
     c.data.train_resolution, c.data.eval_resolution = a.res, a.eval_res
     c.data.repeated_augmentation = a.repeat
     c.global_batch_size = a.batch

@@ -6,23 +6,24 @@ crop and flip only, weight decay 1e-6 and no EMA (Brock et al. 2021a's JFT setti
 not public: point `data.name` / `data.num_classes` at any TFDS-style dataset you have.
 
 Arguments: `epochs=` (the epoch budget, 0.25-8 in the paper), `lr=` (peak lr at batch 4096;
-the optimum is about 1.6 at small budgets), `data=` and `classes=`, and the flag `imagenet`
-for Brock et al. 2021a's ImageNet recipe (360 epochs, lr 0.1 x batch / 256, RandAugment,
-MixUp + CutMix, label smoothing 0.1, EMA 0.99999, stochastic depth 0.25, the variant's
-resolutions and dropout).
+the optimum is about 1.6 at small budgets), `data=`, `data_dir=` and `classes=`
+(configs/common.py), and the flag `imagenet` for Brock et al. 2021a's ImageNet recipe (360
+epochs, lr 0.1 x batch / 256, RandAugment, MixUp + CutMix, label smoothing 0.1, EMA 0.99999,
+stochastic depth 0.25, the variant's resolutions and dropout).
 """
 
 import ml_collections
 
 import models
-from configs.common import base_config, parse_arg
+from configs.common import DATA_ARGS, base_config, data_config, parse_arg
 
 
 def nfnet_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, epochs=-1.0, lr=-1.0, data="", classes=0, imagenet=False)
+    a = parse_arg(arg, epochs=-1.0, lr=-1.0, imagenet=False, **DATA_ARGS)
     info = models.variant_info(f"nfnet_{variant}")
     c = base_config()
     c.model.name = f"nfnet_{variant}"
+    c.data = data_config(a)
     if a.imagenet:
         # Brock et al. 2021a, Section 5 and deepmind-research/nfnets experiment_nfnets.py.
         c.total_epochs = 360.0
@@ -54,8 +55,4 @@ def nfnet_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
         c.total_epochs = a.epochs
     if a.lr > 0:
         c.optimizer.learning_rate = a.lr
-    if a.data:
-        c.data.name = a.data
-    if a.classes > 0:
-        c.data.num_classes = a.classes
     return c

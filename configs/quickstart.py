@@ -5,20 +5,23 @@ orbax checkpoints, resumable data order) and needs no download. On 2 CPU cores i
 few minutes and reaches well above chance (10%) held-out accuracy; see README for figures.
 
     python train.py --config=configs/quickstart.py --workdir=/tmp/quickstart
+
+Arguments: `epochs=`, `batch=`, `lr=` (at batch 128), and `data=` (default digits), `data_dir=`,
+`classes=` (configs/common.py), e.g. `data=image_folder,data_dir=DIR,classes=10`.
 """
 
-import input_pipeline
-from configs.common import base_config, parse_arg
+from configs.common import DATA_ARGS, base_config, data_config, parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, epochs=30.0, batch=128, lr=0.4)
+    a = parse_arg(arg, epochs=30.0, batch=128, lr=0.4, **DATA_ARGS)
     c = base_config()
     c.model.name = "nfnet_tiny"
     c.model.overrides.stochastic_depth = 0.0
     c.model.overrides.dropout = 0.0
     c.compute_dtype = "float32"  # bfloat16 is slow on CPUs.
-    c.data = input_pipeline.default_data_config("digits")  # 8 x 8 digits upsampled to 32 px.
+    c.data = data_config(a, default="digits")  # 8 x 8 digits upsampled to 32 px.
+    c.data.train_resolution = c.data.eval_resolution = 32  # A tiny model, on any data.
     c.global_batch_size = a.batch
     c.eval_batch_size = 128
     c.total_epochs = a.epochs

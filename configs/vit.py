@@ -9,18 +9,19 @@ be rerun. Deviations: RandAugment (2, 9) with the NFNet op set in place of AutoA
 decay (0.9999) and the SGD lr / weight decay (0.1 x batch / 256, 5e-5) are our choices, to be
 swept as the paper sweeps lr and weight decay.
 
-Arguments: `epochs=`, `lr=`, `wd=`, `sgd`, `data=`, `classes=`.
+Arguments: `epochs=`, `lr=`, `wd=`, `sgd`, `data=`, `data_dir=`, `classes=` (configs/common.py).
 """
 
 import ml_collections
 
-from configs.common import base_config, parse_arg
+from configs.common import DATA_ARGS, base_config, data_config, parse_arg
 
 
 def vit_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, epochs=400.0, lr=-1.0, wd=-1.0, sgd=False, data="", classes=0)
+    a = parse_arg(arg, epochs=400.0, lr=-1.0, wd=-1.0, sgd=False, **DATA_ARGS)
     c = base_config()
     c.model.name = f"vit_{variant}"
+    c.data = data_config(a)
     c.total_epochs = a.epochs
     c.optimizer.warmup_epochs = 5.0
     c.optimizer.agc_clip = None
@@ -42,8 +43,4 @@ def vit_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     c.ema_decay = 0.9999
     c.data.train_resolution, c.data.eval_resolution = 224, 224
     c.data.randaugment = (2, 9)
-    if a.data:
-        c.data.name = a.data
-    if a.classes > 0:
-        c.data.num_classes = a.classes
     return c

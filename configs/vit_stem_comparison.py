@@ -5,19 +5,19 @@ each with AdamW and with SGD + Nesterov momentum.
 
     python train.py --config=configs/vit_stem_comparison.py:stem=C,opt=sgd --workdir=DIR
 
-Arguments: `stem=` P or C, `opt=` adamw or sgd, `lr=` (at batch 128), `epochs=`.
+Arguments: `stem=` P or C, `opt=` adamw or sgd, `lr=` (at batch 128), `epochs=`, and `data=`
+(default digits), `data_dir=`, `classes=` (configs/common.py).
 The learning rates (AdamW 1e-3, SGD 0.1 at batch 128) and sizes are CPU-scale choices, not the
 paper's; the recipe otherwise follows configs/vit.py (cosine, 5 % warm-up, label smoothing).
 """
 
-import input_pipeline
-from configs.common import base_config, parse_arg
+from configs.common import DATA_ARGS, base_config, data_config, parse_arg
 
 _SIZE = dict(width=64, mlp_dim=192, num_heads=4, patch_size=4)
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, stem="P", opt="adamw", lr=-1.0, epochs=30.0)
+    a = parse_arg(arg, stem="P", opt="adamw", lr=-1.0, epochs=30.0, **DATA_ARGS)
     if a.stem not in ("P", "C") or a.opt not in ("adamw", "sgd"):
         raise ValueError(f"stem must be P or C and opt adamw or sgd, got {a.stem}, {a.opt}.")
     c = base_config()
@@ -26,7 +26,7 @@ def get_config(arg=None):
     if a.stem == "C":
         c.model.overrides.conv_stem_widths = (16, 32)
     c.compute_dtype = "float32"
-    c.data = input_pipeline.default_data_config("digits")
+    c.data = data_config(a, default="digits")
     c.data.train_resolution = c.data.eval_resolution = 16
     c.global_batch_size, c.eval_batch_size = 128, 128
     c.total_epochs = a.epochs
