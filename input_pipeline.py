@@ -609,10 +609,27 @@ def channel_stats(source, max_examples: int = STATS_MAX_EXAMPLES):
     ds = tf.data.Dataset.from_tensor_slices(records).batch(256).map(source.tf_read).unbatch()
     ds = ds.map(sums, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
     total, squares, pixels = np.zeros(3), np.zeros(3), 0.0
-    for s, s2, n in ds.as_numpy_iterator():
-        total, squares, pixels = total + s.sum(0), squares + s2.sum(0), pixels + n.sum()
+    try:
+        for s, s2, n in ds.as_numpy_iterator():
+            total, squares, pixels = total + s.sum(0), squares + s2.sum(0), pixels + n.sum()
+    except tf.errors.OpError as error:
+        raise _undecodable(source, records) from error
     mean = total / pixels
     return mean, np.sqrt(np.maximum(squares / pixels - mean**2, 0.0)), len(records)
+
+
+def _undecodable(source, records) -> ValueError:
+    """The error naming the first of `records` whose image does not decode."""
+    for record in records:
+        image, _ = source.read(np.array([record]))
+        try:
+            augment.decode(tf.constant(image[0]))
+        except tf.errors.OpError as error:
+            return ValueError(
+                f"{source.describe(int(record))} cannot be decoded ({_summary(error)}); repair "
+                "or remove it."
+            )
+    return ValueError("The images could not be read; see the error above.")
 
 
 def stats_report(data_config, max_examples: int = STATS_MAX_EXAMPLES) -> str:

@@ -155,9 +155,25 @@ def open_data(config, dry_run: bool = False):
         if not dry_run:  # Fail now rather than at the first evaluation.
             eval_source = data_sources.open_source(data, data.eval_split)
             input_pipeline.resolve_num_classes(data, data.eval_split, eval_source)
+            check_same_classes(data, train_source, eval_source)
     except (ValueError, OSError) as error:
         raise ConfigError(str(error)) from None
     return train_source, eval_source, num_train if num_train > 0 else len(train_source)
+
+
+def check_same_classes(data, train_source, eval_source) -> None:
+    """Image folders label their classes by sorted folder name, so the eval split's folders must
+    be the train split's: the same count under other names would silently mislabel."""
+    train_classes = getattr(train_source, "classes", None)
+    eval_classes = getattr(eval_source, "classes", None)
+    if train_classes is not None and eval_classes is not None and train_classes != eval_classes:
+        only_train = sorted(set(train_classes) - set(eval_classes))
+        only_eval = sorted(set(eval_classes) - set(train_classes))
+        raise ValueError(
+            f"The class folders of split {data.eval_split!r} differ from those of "
+            f"{data.train_split!r} (only in {data.train_split!r}: {only_train}; only in "
+            f"{data.eval_split!r}: {only_eval}); give both splits the same class folders."
+        )
 
 
 def create_model(config):

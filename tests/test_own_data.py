@@ -135,6 +135,16 @@ def test_class_count_that_disagrees_with_the_folders_is_one_error(tmp_path):
         train.open_data(config)
 
 
+def test_eval_class_folders_with_other_names_are_one_error(tmp_path):
+    root = image_folder(tmp_path, classes=3)
+    os.rename(root / "test" / "2", root / "test" / "two")
+    config = quickstart.get_config()
+    config.data.update(name="image_folder", data_dir=str(root), eval_split="test", num_classes=0)
+    with pytest.raises(train.ConfigError, match=r"only in 'train': \['2'\]; only in 'test': "
+                                                r"\['two'\]"):
+        train.open_data(config)
+
+
 def test_npz_class_count_must_be_given(tmp_path):
     np.savez(tmp_path / "train.npz", image=np.zeros((2, 4, 4, 1), np.uint8), label=[0, 1])
     config = quickstart.get_config()
@@ -205,6 +215,14 @@ def test_stats_command_prints_flags_that_the_flag_parser_takes(tmp_path, monkeyp
     np.testing.assert_allclose(config.value.data.mean, [pixels.mean()] * 3, atol=1e-4)
     np.testing.assert_allclose(config.value.data.std, [pixels.std()] * 3, atol=1e-4)
     assert re.search(r"Split 'train' of 'image_folder': 6 of 6 images", result.stdout)
+
+
+def test_stats_name_an_undecodable_image(tmp_path):
+    image_folder(tmp_path, classes=2, splits=("train",))
+    bad = tmp_path / "train" / "1" / "1.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=f"image file {bad} .*cannot be decoded"):
+        ip.stats_report(data_config(data_dir=str(tmp_path), num_classes=2))
 
 
 def test_stats_subsample_is_deterministic_and_even():
