@@ -21,6 +21,7 @@ def vit_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, epochs=400.0, lr=-1.0, wd=-1.0, sgd=False, **DATA_ARGS)
     c = base_config()
     c.model.name = f"vit_{variant}"
+    c.model.overrides.attention_implementation = "xla"  # 'cudnn': NVIDIA's fused attention
     c.data = data_config(a)
     c.total_epochs = a.epochs
     c.optimizer.warmup_epochs = 5.0

@@ -10,7 +10,7 @@ from flax import traverse_util
 import models
 import vit
 from macs import count_macs, count_params, model_macs
-from vit.layers import ConvStem, drop_path
+from vit.layers import Attention, ConvStem, drop_path
 from vit.model import abstract_params, drop_path_rates
 from vit.posemb import resample, sincos_2d
 
@@ -378,6 +378,7 @@ def test_width_must_divide_into_heads():
         (dict(remat_policy="save_only_these_names"), "Unknown remat_policy"),
         (dict(stochastic_depth=1.0), r"stochastic_depth must be in \[0, 1\)"),
         (dict(activation="relu"), "Unknown activation"),
+        (dict(attention_implementation="flash"), "Unknown attention_implementation"),
     ],
 )
 def test_bad_fields_are_errors_at_construction(overrides, message):
@@ -427,3 +428,23 @@ def test_flat_param_names_are_self_explanatory():
         "pre_logits/kernel",
         "head/bias",
     } <= names
+
+
+@pytest.mark.parametrize("implementation", ["xla", None])
+def test_attention_is_softmax_of_scaled_dot_products(implementation):
+    """jax.nn.dot_product_attention against the formula, every weight randomized."""
+    rng = np.random.default_rng(0)
+    x_q, x_kv = rng.standard_normal((2, 3, 16)), rng.standard_normal((2, 5, 16))
+    layer = Attention(num_heads=4, implementation=implementation)
+    params = layer.init(jax.random.key(0), x_q, x_kv)["params"]
+    params = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+    p = {name: (v["kernel"], v["bias"]) for name, v in params.items()}
+    q, k, v = (np.einsum("btw,whd->bthd", x, p[n][0]) + p[n][1]
+               for n, x in (("query", x_q), ("key", x_kv), ("value", x_kv)))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(4)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    heads = np.einsum("bhqk,bkhd->bqhd", weights, v)
+    expected = np.einsum("bqhd,hdw->bqw", heads, p["out"][0]) + p["out"][1]
+    np.testing.assert_allclose(layer.apply({"params": params}, x_q, x_kv), expected,
+                               rtol=2e-5, atol=2e-5)

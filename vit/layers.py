@@ -88,6 +88,9 @@ class ConvStem(nn.Module):
         )(x)
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", None)  # jax.nn.dot_product_attention's
+
+
 class Attention(nn.Module):
     """Multi-head dot-product attention (Vaswani et al. 2017) with separate q, k, v projections.
 
@@ -95,11 +98,14 @@ class Attention(nn.Module):
         out = concat_h(softmax(q k^T / sqrt(d_h)) v) W_o + b_o
 
     Kernels are stored as flax's `MultiHeadDotProductAttention` stores them: query, key and value
-    (width, heads, d_h), out (heads, d_h, width). The softmax is computed in float32.
+    (width, heads, d_h), out (heads, d_h, width). The product is `jax.nn.dot_product_attention`
+    with `implementation` one of ATTENTION_IMPLEMENTATIONS: 'xla' (every backend; logits and
+    softmax in float32), 'cudnn' (NVIDIA GPUs' fused kernel), or None (JAX chooses).
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
+    implementation: str | None = "xla"
 
     @nn.compact
     def __call__(self, x_q: jax.Array, x_kv: jax.Array) -> jax.Array:
@@ -111,11 +117,10 @@ class Attention(nn.Module):
                 (self.num_heads, head_dim), kernel_init=_XAVIER, dtype=self.dtype, name=name
             )(x)
 
-        q = project("query", x_q) * jnp.asarray(head_dim**-0.5, self.dtype)
-        k, v = project("key", x_kv), project("value", x_kv)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        q, k, v = project("query", x_q), project("key", x_kv), project("value", x_kv)
+        out = jax.nn.dot_product_attention(
+            q, k, v, scale=head_dim**-0.5, implementation=self.implementation
+        )
         return nn.DenseGeneral(
             width, axis=(-2, -1), kernel_init=_XAVIER, dtype=self.dtype, name="out"
         )(out)
@@ -166,6 +171,7 @@ class EncoderBlock(nn.Module):
     dropout: float = 0.0
     stochastic_depth: bool = False
     dtype: Dtype = jnp.float32
+    attention_implementation: str | None = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, drop_rate, train: bool) -> tuple[jax.Array, None]:
@@ -177,7 +183,9 @@ class EncoderBlock(nn.Module):
 
         norm = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)
         y = norm("norm1")(x)
-        x = x + residual(Attention(self.num_heads, dtype=self.dtype, name="attention")(y, y))
+        attention = Attention(self.num_heads, self.dtype, self.attention_implementation,
+                              name="attention")
+        x = x + residual(attention(y, y))
         y = Mlp(
             self.mlp_dim,
             activation=self.activation,
@@ -199,13 +207,15 @@ class MAPHead(nn.Module):
     layer_norm_eps: float = 1e-6
     activation: str = "gelu"
     dtype: Dtype = jnp.float32
+    attention_implementation: str | None = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         probe = self.param("probe", _XAVIER, (1, 1, width), jnp.float32)
         probe = jnp.broadcast_to(probe.astype(self.dtype), (x.shape[0], 1, width))
-        y = Attention(self.num_heads, dtype=self.dtype, name="attention")(probe, x)
+        y = Attention(self.num_heads, self.dtype, self.attention_implementation,
+                      name="attention")(probe, x)
         z = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name="norm")(y)
         z = Mlp(
             self.mlp_dim,

@@ -11,7 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vit.layers import ACTIVATIONS, REMAT_POLICIES, ConvStem, EncoderBlock, MAPHead
+from vit.layers import (
+    ACTIVATIONS,
+    ATTENTION_IMPLEMENTATIONS,
+    REMAT_POLICIES,
+    ConvStem,
+    EncoderBlock,
+    MAPHead,
+)
 from vit.posemb import sincos_2d
 
 Dtype = Any
@@ -69,6 +76,9 @@ class ViT(nn.Module):
     scan: bool = False
     remat: bool = False
     remat_policy: str = "nothing_saveable"
+    # jax.nn.dot_product_attention's: 'xla' (any backend), 'cudnn' (NVIDIA GPUs), None (JAX's
+    # choice).
+    attention_implementation: str | None = "xla"
     input_channels: int = 3
     dtype: Dtype = jnp.float32
     # Named axes (vmap, shard_map) over which the conv stem's BatchNorm averages batch
@@ -136,6 +146,7 @@ class ViT(nn.Module):
             activation=self.activation,
             dropout=self.dropout,
             stochastic_depth=self.stochastic_depth > 0,
+            attention_implementation=self.attention_implementation,
             dtype=self.dtype,
         )
         rates = drop_path_rates(self.stochastic_depth, self.depth)
@@ -195,6 +206,7 @@ class ViT(nn.Module):
                 layer_norm_eps=self.layer_norm_eps,
                 activation=self.activation,
                 dtype=self.dtype,
+                attention_implementation=self.attention_implementation,
                 name="map_head",
             )(x)
         if self.representation_size:
@@ -230,6 +242,7 @@ def validate_fields(model: ViT) -> None:
         ("posemb", model.posemb, POSEMBS),
         ("activation", model.activation, tuple(ACTIVATIONS)),
         ("remat_policy", model.remat_policy, REMAT_POLICIES),
+        ("attention_implementation", model.attention_implementation, ATTENTION_IMPLEMENTATIONS),
     ]:
         if value not in valid:
             raise ValueError(f"Unknown {field} {value!r}; choose one of {list(valid)}.")
