@@ -68,6 +68,13 @@ def tree_shardings(tree, mesh: Mesh, min_shard_size: int = 2**18):
     )
 
 
+def with_shardings(tree, shardings):
+    """ShapeDtypeStructs of a pytree's arrays carrying `shardings` (to compile from shapes)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over every device of the mesh."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))

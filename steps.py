@@ -5,7 +5,6 @@ stochastic depth (fold_in of that with the example's position in the global batc
 computes the same thing in a resumed run as in an uninterrupted one, on any mesh.
 """
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -142,7 +141,6 @@ def make_train_step(
     """
     if sam_rho > 0 and grad_accum_steps > 1:
         raise ValueError("SAM (sam_rho > 0) does not combine with grad_accum_steps > 1.")
-    mixing = mixup_alpha > 0 or cutmix_alpha > 0
 
     def loss_and_grads(params, batch_stats, images, targets, keys, bn_axes):
         """(mean loss, logits, new batch_stats, gradients) of this device's examples."""
@@ -226,10 +224,9 @@ def make_train_step(
             keys = data_parallel.example_keys(dropout_rng, positions)
             images = normalize(images)
             targets = smoothed_targets(labels, num_classes, label_smoothing)
-            if mixing:
-                images, targets = mix_batch(
-                    mix_rng, images, targets, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
-                )
+            images, targets = mix_batch(  # identity without MixUp and CutMix
+                mix_rng, images, targets, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
+            )
             if sam_rho > 0:
                 loss, logits, stats, grads = sam_grads(
                     params, batch_stats, images, targets, positions, dropout_rng, num_devices
@@ -336,26 +333,27 @@ def make_eval_step(
     convolutional models pool globally, and a ViT's learned position embedding is resampled to
     the images' grid (`fit_position_embedding`)."""
 
-    def on_device(specs, params, batch_stats, images, labels, mask):
-        params = data_parallel.gather_params(params, specs)
-        params = fit_position_embedding(model, params, images.shape)
-        logits, _ = _apply(model, params, batch_stats, normalize(images), False)
-        mask = mask.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        sums = {
-            "loss": jnp.sum(loss * mask),
-            "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-            "count": jnp.sum(mask),
-        }
-        return jax.lax.psum(sums, BATCH_AXES)
-
     def eval_step(params, batch_stats, batch: dict) -> dict:
         specs = data_parallel.param_specs(params, param_shardings)
+
+        def on_device(params, batch_stats, images, labels, mask):
+            params = data_parallel.gather_params(params, specs)
+            params = fit_position_embedding(model, params, images.shape)
+            logits, _ = _apply(model, params, batch_stats, normalize(images), False)
+            mask = mask.astype(jnp.float32)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+            sums = {
+                "loss": jnp.sum(loss * mask),
+                "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+                "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+                "count": jnp.sum(mask),
+            }
+            return jax.lax.psum(sums, BATCH_AXES)
+
         batch_spec = PartitionSpec(BATCH_AXES)
         return jax.shard_map(
-            functools.partial(on_device, specs),
+            on_device,
             mesh=data_parallel.resolve_mesh(mesh),
             in_specs=(specs, PartitionSpec(), batch_spec, batch_spec, batch_spec),
             out_specs=PartitionSpec(),

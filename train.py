@@ -317,11 +317,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
     )
     checkpointer.watch_sigterm()
     with jax.set_mesh(mesh):
-        abstract_sharded = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            abstract_state, state_sharding,
+        state = checkpointer.restore_latest(
+            sharding.with_shardings(abstract_state, state_sharding)
         )
-        state = checkpointer.restore_latest(abstract_sharded)
         if state is None:
             state = jax.jit(init, out_shardings=state_sharding)(init_key)
             if config.init.path:  # Fine-tuning; a resumed run restores its own checkpoint.

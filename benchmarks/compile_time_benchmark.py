@@ -93,8 +93,7 @@ def measure(spec: str, batch_per_device: int, resolution: int | None, dtype: str
     _, abstract_state, state_sharding = abstract_train_state(
         model, config, optimizer, resolution, mesh
     )
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         abstract_state, state_sharding)
+    state = sharding.with_shardings(abstract_state, state_sharding)
     with jax.set_mesh(mesh):
         jitted = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         start = time.perf_counter()

@@ -43,7 +43,6 @@ def table_rows(name, config, device_counts, batch):
     from benchmarks import step_cost
 
     config.global_batch_size = batch
-    config.eval_batch_size = batch
     rows, per_example = [], None
     for n in device_counts:
         cost = step_cost.audit(config, {"data": n}, devices=jax.devices()[:n],

@@ -261,8 +261,8 @@ def check_axes(mesh_shape: dict | None) -> None:
 
 
 def resolve_mesh(mesh_shape: dict | None, num_devices: int) -> dict[str, int]:
-    """{'data': d, 'fsdp': f} with d x f = num_devices; one size may be -1 (the rest)."""
-    check_axes(mesh_shape)
+    """{'data': d, 'fsdp': f} with d x f = num_devices; one size may be -1 (the rest). Axes
+    are checked by `check_axes` first."""
     shape = {"data": num_devices, "fsdp": 1} if mesh_shape is None else dict(mesh_shape)
     shape = {axis: int(shape.get(axis, 1)) for axis in sharding.AXES}
     known = math.prod(s for s in shape.values() if s != -1)
@@ -300,8 +300,7 @@ def compile_step(config, model, mesh, batch: int, resolution: int):
     _, abstract_state, state_sharding = abstract_train_state(
         model, config, optimizer, resolution, mesh
     )
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         abstract_state, state_sharding)
+    state = sharding.with_shardings(abstract_state, state_sharding)
     images = train.abstract_batch(batch, resolution, "replaced", sharding.batch_sharding(mesh))
     with jax.set_mesh(mesh):
         jitted = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
