@@ -37,6 +37,7 @@ from etils import epath
 from flax import traverse_util
 from safetensors.numpy import load as load_safetensors
 
+import block_stack
 import convnext
 import models
 import nfnets
@@ -191,7 +192,7 @@ def read_file(path: epath.Path, model_name: str, overrides: dict) -> Pretrained:
 
 def _from_timm(state_dict, family: str, variant: str, overrides: dict) -> dict:
     if family == "nfnet":
-        return {"params": nfnets.from_timm(state_dict, variant)}
+        return {"params": nfnets.from_timm(state_dict, variant, **overrides)}
     if family == "convnext":
         return convnext.variables_from_timm(state_dict, variant, **overrides)
     return {"params": vit.from_timm(state_dict, variant, **overrides)}
@@ -249,17 +250,18 @@ def read_pretrained(config: ml_collections.ConfigDict) -> Pretrained:
 
 
 def _match_block_layout(params: dict[str, np.ndarray], target: dict) -> dict[str, np.ndarray]:
-    """A ViT checkpoint's blocks stacked ('blocks/...', nn.scan) or not ('block_<i>/...') as
-    the model's are."""
-    has = lambda tree, prefix: any(k.startswith(prefix) for k in tree)
-    if has(target, "blocks/") and has(params, "block_0/"):
-        convert = vit.stack_blocks
-    elif has(target, "block_0/") and has(params, "blocks/"):
-        convert = vit.unstack_blocks
-    else:
-        return params
+    """A checkpoint's blocks stacked (nn.scan) or unrolled as the model's are: ViT's 'blocks/...'
+    or 'block_<i>/...', a ConvNet's 'stage<s>_blocks/...' or 'stage<s>_block<b>/...'."""
+    top = lambda tree: {k.split("/", 1)[0] for k in tree}
     nested = traverse_util.unflatten_dict(params, sep="/")
-    return _flat(convert(nested))
+    if "blocks" in top(target) and "block_0" in top(params):
+        nested = vit.stack_blocks(nested)
+    elif "block_0" in top(target) and "blocks" in top(params):
+        nested = vit.unstack_blocks(nested)
+    else:
+        scanned = block_stack.has_stacked_stages(top(target))
+        nested = block_stack.stage_layout({"tree": nested}, scanned)["tree"]
+    return _flat(nested)
 
 
 def _resample_pos_embedding(value, shape, model, method) -> np.ndarray:
@@ -343,7 +345,9 @@ def plan(config, model, param_shapes: dict, stats_shapes: dict):
         param_shapes, _match_block_layout(pretrained.params, param_shapes), model=model,
         reinit=tuple(config.init.reinit), interpolation=config.init.posemb_interpolation,
     )
-    stats, stats_report, stats_problems = match(stats_shapes, pretrained.batch_stats)
+    stats, stats_report, stats_problems = match(
+        stats_shapes, _match_block_layout(pretrained.batch_stats, stats_shapes)
+    )
     problems += [f"batch_stats/{p}" for p in stats_problems]
     if problems:
         raise PretrainedError(

@@ -21,6 +21,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+import block_stack
+
 
 def path_mask(params, predicate: Callable[[str, jax.Array], bool]):
     """A pytree of bools: predicate('/'-joined path, leaf) for every leaf of `params`."""
@@ -32,13 +34,18 @@ def matches_any(path: str, patterns: Sequence[str]) -> bool:
     return any(re.search(p, path) for p in patterns)
 
 
+def block_ndim(path: str, x) -> int:
+    """Dimensions of one block's parameter: stacked blocks (`block_stack`) have one more."""
+    return np.ndim(x) - block_stack.is_stacked(path)
+
+
 def weight_decay_mask(exclude: Sequence[str] = ()) -> Callable:
-    """Decay kernels (ndim >= 2), never gains, biases, scales or other vectors and scalars
-    (NFNet: "no weight decay on gains and biases"; ConvNeXt and ViT: none on 1-D params),
-    nor any parameter whose path matches one of the `exclude` regexes (e.g. position
-    embeddings or class tokens)."""
+    """Decay kernels (ndim >= 2 per block), never gains, biases, scales or other vectors and
+    scalars (NFNet: "no weight decay on gains and biases"; ConvNeXt and ViT: none on 1-D
+    params), nor any parameter whose path matches one of the `exclude` regexes (e.g. position
+    embeddings or class tokens). Scanned and unrolled layouts get the same decay."""
     return lambda params: path_mask(
-        params, lambda path, x: x.ndim >= 2 and not matches_any(path, exclude)
+        params, lambda path, x: block_ndim(path, x) >= 2 and not matches_any(path, exclude)
     )
 
 
@@ -46,6 +53,24 @@ def agc_mask(exclude: Sequence[str]) -> Callable:
     """Clip every parameter except those matching `exclude`: the reference leaves out the
     final linear layer's weight (its bias is clipped; Brock et al. 2021a, Section 4.1)."""
     return lambda params: path_mask(params, lambda path, x: not matches_any(path, exclude))
+
+
+def per_block(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The stateless, leaf-by-leaf `inner` (e.g. AGC, whose unit-wise norms depend on a
+    parameter's shape) applied to each block of a stacked parameter on its own, so scanned and
+    unrolled layouts (`block_stack`) are transformed alike."""
+
+    def update(updates, state, params):
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        out = []
+        for (key, update), param in zip(flat, treedef.flatten_up_to(params), strict=True):
+            one = lambda u, p: inner.update(u, inner.init(p), p)[0]
+            if block_stack.is_stacked(jax.tree_util.keystr(key, simple=True, separator="/")):
+                one = jax.vmap(one)
+            out.append(one(update, param))
+        return jax.tree_util.tree_unflatten(treedef, out), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def learning_rate_schedule(
@@ -93,7 +118,9 @@ def sgd_agc(
     parts = [optax.clip_by_global_norm(clip_global_norm)] if clip_global_norm else []
     if agc_clip is not None:
         parts.append(
-            optax.masked(optax.adaptive_grad_clip(agc_clip, agc_eps), agc_mask(agc_exclude))
+            optax.masked(
+                per_block(optax.adaptive_grad_clip(agc_clip, agc_eps)), agc_mask(agc_exclude)
+            )
         )
     if weight_decay:
         parts.append(
@@ -176,12 +203,17 @@ def convnext_layer_ids(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, in
     downsampling layer with the first group), stage 3 (with its downsampling layer) layer L, and
     the head (final norm and linear) layer L + 1, where L = 3 + ceil(stage 2 depth / 3): 12 for
     ConvNeXt S/B/L/XL as in the reference; the reference refuses T, which gets L = 6 here.
+    A scanned stage's stacked blocks ('stage<s>_blocks') get an array of layers, one per slice.
     Takes {'/'-joined path: shape}; returns ({path: layer}, L)."""
     stage_depth = {}
-    for path in shapes:
+    for path, shape in shapes.items():
         if match := re.match(r"stage(\d+)_block(\d+)/", path):
-            stage, block = int(match[1]), int(match[2])
-            stage_depth[stage] = max(stage_depth.get(stage, 0), block + 1)
+            stage, depth = int(match[1]), int(match[2]) + 1
+        elif match := re.match(r"stage(\d+)_blocks/", path):  # blocks 1.. stacked (scan)
+            stage, depth = int(match[1]), shape[0] + 1
+        else:
+            continue
+        stage_depth[stage] = max(stage_depth.get(stage, 0), depth)
     if sorted(stage_depth) != [0, 1, 2, 3]:
         raise ValueError(
             f"Layer decay rule 'convnext' needs a 4-stage ConvNeXt (stage<s>_block<b> params); "
@@ -189,14 +221,16 @@ def convnext_layer_ids(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, in
         )
     num_layers = 3 + math.ceil(stage_depth[2] / 3)
 
-    def layer(path: str) -> int:
+    def layer(path: str):
         if path.startswith("stem_"):
             return 0
-        if match := re.match(r"stage(\d+)_(?:block(\d+)|downsample_)", path):
-            stage, block = int(match[1]), match[2]
-            if stage == 2:
-                return 3 + (int(block) // 3 if block is not None else 0)
-            return {0: 1, 1: 2, 3: num_layers}[stage]
+        if match := re.match(r"stage(\d+)_(?:block(\d+)/|(blocks)/|downsample_)", path):
+            stage, block, stacked = int(match[1]), match[2], match[3]
+            if stage != 2:
+                return {0: 1, 1: 2, 3: num_layers}[stage]
+            if stacked:  # one layer per slice of the leading (depth) axis
+                return 3 + np.arange(1, stage_depth[2]) // 3
+            return 3 + (int(block) // 3 if block is not None else 0)
         return num_layers + 1  # head_norm, head
 
     return {path: layer(path) for path in shapes}, num_layers

@@ -1,20 +1,24 @@
-"""Compile time of the train step: lowering and XLA compilation, from abstract shapes only.
+"""Compile time and memory of the train step, unrolled against scanned blocks, side by side.
 
 Pods compile the train step again on every restart, so its compile time is paid once per
 preemption. This builds the step exactly as train.py does (config -> model -> optimizer ->
 shapes and shardings of the train state -> jax.jit with donation) for the local devices, and
 times `jit(...).lower(abstract state, abstract batch)` (tracing + StableHLO) and `.compile()`
 (XLA) separately: wall clock, and the process's CPU time of compilation, which other load on
-the machine disturbs less. No parameter is ever allocated, so any model size compiles on a
-laptop; the persistent compilation cache is off for the measurement.
+the machine disturbs less; XLA's memory analysis gives the temporaries. No parameter is ever
+allocated, so any model size compiles on a laptop; the persistent compilation cache is off.
 
-    python benchmarks/compile_time_benchmark.py              # NFNet-F7+ and ViT-G/14 at 224 px
-    python benchmarks/compile_time_benchmark.py --models nfnet_f3plus "vit_g/14:scan=True" \
-        --batch_per_device 16 --resolution 256
+Each model is compiled in every layout of `--layouts`, one after the other in this run:
+unrolled blocks, scanned blocks (`nn.scan`), and scanned blocks rematerialised under
+`nothing_saveable` (remat) or `dots_saveable` (remat-dots); ratios to the first layout follow.
 
-A model is `name[:field=value,...]` with model-field overrides; ViT-G/14 is compiled as it is
-pre-trained, with `scan` and `remat`. To compile for N devices on a CPU (e.g. the SPMD
-partitioning of a pod host), set XLA_FLAGS=--xla_force_host_platform_device_count=N.
+    python benchmarks/compile_time_benchmark.py      # NFNet-F7+, ConvNeXt-XL, ViT-G/14, 224 px
+    python benchmarks/compile_time_benchmark.py --models nfnet_f3plus "vit_g/14:pool='map'" \
+        --layouts scanned remat --batch_per_device 16 --resolution 256
+
+A model is `name[:field=value,...]` with model-field overrides. To compile for N devices on a
+CPU (e.g. the SPMD partitioning of a pod host), set
+XLA_FLAGS=--xla_force_host_platform_device_count=N.
 """
 
 import argparse
@@ -40,7 +44,15 @@ from configs.convnext import convnext_config  # noqa: E402
 from configs.nfnet import nfnet_config  # noqa: E402
 from configs.vit import vit_config  # noqa: E402
 
-DEFAULT_MODELS = ("nfnet_f7plus", "vit_G/14:scan=True,remat=True")
+DEFAULT_MODELS = ("nfnet_f7plus", "convnext_xlarge", "vit_G/14")
+# Model-field overrides of each layout.
+LAYOUTS = {
+    "unrolled": dict(scan=False, remat=False),
+    "scanned": dict(scan=True, remat=False),
+    "remat": dict(scan=True, remat=True, remat_policy="nothing_saveable"),
+    "remat-dots": dict(scan=True, remat=True, remat_policy="dots_saveable"),
+}
+DEFAULT_LAYOUTS = ("unrolled", "scanned", "remat", "remat-dots")
 FAMILY_CONFIGS = {"nfnet": nfnet_config, "convnext": convnext_config, "vit": vit_config}
 
 
@@ -80,9 +92,11 @@ def abstract_batch(batch: int, resolution: int, mesh) -> dict:
 
 
 def measure(spec: str, batch_per_device: int, resolution: int | None, dtype: str,
-            num_classes: int | None) -> dict:
-    """Lowering and compilation seconds of one model's train step, with sizes."""
+            num_classes: int | None, layout: str | None = None) -> dict:
+    """Lowering and compilation seconds of one model's train step, with sizes; `layout` (a
+    LAYOUTS key) overrides the spec's own scan and remat fields."""
     name, overrides = parse_model(spec)
+    overrides = {**overrides, **LAYOUTS.get(layout, {})}
     config = train_config(name, dtype, num_classes)
     resolution = resolution or config.data.train_resolution
     model = models.create(name, num_classes=config.data.num_classes, dtype=jnp.dtype(dtype),
@@ -105,7 +119,7 @@ def measure(spec: str, batch_per_device: int, resolution: int | None, dtype: str
         compilation_cpu = time.process_time() - cpu_start
     memory = compiled.memory_analysis()
     return dict(
-        spec=spec, resolution=resolution, batch=batch, devices=mesh.devices.size,
+        spec=spec, layout=layout, resolution=resolution, batch=batch, devices=mesh.devices.size,
         params=macs.count_params(abstract_state.params), lowering_s=lowering,
         compile_s=compilation, compile_cpu_s=compilation_cpu,
         temp_bytes=getattr(memory, "temp_size_in_bytes", None) if memory else None,
@@ -118,16 +132,35 @@ def _bytes(n: int) -> str:
 
 def format_result(r: dict) -> str:
     temp = "" if r["temp_bytes"] is None else f", temporaries {_bytes(r['temp_bytes'])}"
-    return (f"{r['spec']}: {r['params'] / 1e6:,.1f}M params, {r['resolution']} px, batch "
+    layout = f" [{r['layout']}]" if r.get("layout") else ""
+    return (f"{r['spec']}{layout}: {r['params'] / 1e6:,.1f}M params, {r['resolution']} px, batch "
             f"{r['batch']} over {r['devices']} device(s): lowering {r['lowering_s']:.1f} s, "
             f"compilation {r['compile_s']:.1f} s ({r['compile_cpu_s']:.1f} s of CPU time), "
             f"total {r['lowering_s'] + r['compile_s']:.1f} s{temp}")
 
 
+def format_ratios(results: list[dict]) -> str:
+    """Each layout's compile time and temporaries relative to the first layout's, and the
+    rematerialised layouts' temporaries relative to the plain scanned layout's."""
+    base = results[0]
+    scanned = next((r for r in results if r["layout"] == "scanned"), None)
+    ratio = lambda r, b, key: f"{r[key] / b[key]:.2f}" if r[key] and b[key] else "n/a"
+    parts = []
+    for r in results[1:]:
+        part = (f"{r['layout']}/{base['layout']}: compilation {ratio(r, base, 'compile_s')}, "
+                f"temporaries {ratio(r, base, 'temp_bytes')}")
+        if scanned and r["layout"].startswith("remat"):
+            part += f" ({ratio(r, scanned, 'temp_bytes')} of scanned)"
+        parts.append(part)
+    return f"  {base['spec']}: " + "; ".join(parts)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
-                        help="name[:field=value,...], e.g. nfnet_f7plus 'vit_G/14:scan=True'")
+                        help="name[:field=value,...], e.g. nfnet_f7plus \"vit_G/14:pool='map'\"")
+    parser.add_argument("--layouts", nargs="+", default=list(DEFAULT_LAYOUTS),
+                        choices=list(LAYOUTS), help="layouts compiled for every model, in order")
     parser.add_argument("--batch_per_device", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=None,
                         help="default: the config's pre-training resolution (224 px here)")
@@ -147,9 +180,14 @@ def main(argv=None) -> list[dict]:
     results = []
     try:
         for spec in args.models:
-            results.append(measure(spec, args.batch_per_device, args.resolution, args.dtype,
-                                   args.num_classes))
-            print(format_result(results[-1]), flush=True)
+            runs = []
+            for layout in args.layouts:
+                runs.append(measure(spec, args.batch_per_device, args.resolution, args.dtype,
+                                    args.num_classes, layout))
+                print(format_result(runs[-1]), flush=True)
+            if len(runs) > 1:
+                print(format_ratios(runs), flush=True)
+            results += runs
     finally:
         jax.config.update("jax_enable_compilation_cache", cache)
     return results

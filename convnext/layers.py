@@ -130,16 +130,13 @@ class DropPath(nn.Module):
 
     In training, each example's residual branch is kept with probability keep = 1 - rate and
     rescaled: x * bernoulli(keep) / keep, so its expectation is unchanged. Identity in evaluation.
-    Draws from the 'dropout' rng stream.
+    Draws from the 'dropout' rng stream. `rate` may be a traced scalar (inside `nn.scan`); rate 0
+    keeps every branch.
     """
 
-    rate: float
-
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if not train or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
+    def __call__(self, x: jax.Array, rate) -> jax.Array:
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-        return x * (mask.astype(x.dtype) / jnp.asarray(keep, x.dtype))
+        return x * (mask.astype(x.dtype) / keep.astype(x.dtype))

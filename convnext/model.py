@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+import block_stack
 from convnext.layers import (
     ACTIVATIONS,
     INITS,
@@ -51,6 +52,10 @@ class Block(nn.Module):
     Then: out = shortcut + drop_path(layer_scale * branch). The shortcut is x, or when the
     stride or width changes a strided 1x1 conv + norm (ResNet's projection).
     A conv has a bias unless a BatchNorm follows it (BatchNorm cancels any bias).
+
+    Called as `block(x, drop_rate, train)` and returns `(x, None)` (the pair `nn.scan` expects);
+    drop_rate, this block's drop-path rate, is a Python float or a traced scalar, applied when
+    `drop_path` (the network drops blocks) and training.
     """
 
     features: int
@@ -64,13 +69,13 @@ class Block(nn.Module):
     norm: str
     norms: str
     layer_scale_init: float | None
-    drop_path: float
+    drop_path: bool
     weight_init: str
     dtype: Dtype = jnp.float32
     batch_norm_axis_name: tuple[str, ...] | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, drop_rate, train: bool) -> tuple[jax.Array, None]:
         act = activation(self.activation)
         has_norm = (True, True, True) if self.norms == "all" else (True, False, False)
         has_act = (True, True, False) if self.activations == "all" else (False, True, False)
@@ -131,7 +136,8 @@ class Block(nn.Module):
                 jnp.float32,
             )
             out = out * gamma.astype(out.dtype)
-        out = DropPath(self.drop_path)(out, train)
+        if train and self.drop_path:
+            out = DropPath()(out, drop_rate)
 
         shortcut = x
         if self.stride > 1 or width_in != self.features:
@@ -147,7 +153,7 @@ class Block(nn.Module):
                 shortcut
             )
         out = out + shortcut.astype(out.dtype)
-        return act(out) if self.activations == "all" else out
+        return (act(out) if self.activations == "all" else out), None
 
 
 def _check_choice(field: str, value, choices) -> None:
@@ -168,6 +174,10 @@ class ConvNeXt(nn.Module):
     Called as `model.apply(variables, images, train=bool, rngs={'dropout': key})` with NHWC
     images; returns float32 logits. Training draws drop path from the 'dropout' stream. With
     norm='batch', variables hold `batch_stats`: train with `mutable=['batch_stats']`.
+
+    `scan` runs each stage's blocks after its first as one `nn.scan` (variables stacked under
+    'stage<s>_blocks', see `block_stack`); `remat` rematerialises every block under
+    `remat_policy`, as in NFNet.
     """
 
     num_classes: int
@@ -194,6 +204,9 @@ class ConvNeXt(nn.Module):
     drop_path_rate: float = 0.0
     head_init_scale: float = 1.0
     weight_init: str = "convnext"
+    scan: bool = False
+    remat: bool = False
+    remat_policy: str = "nothing_saveable"
     input_channels: int = 3
     dtype: Dtype = jnp.float32
     # Named axes (vmap, shard_map) over which BatchNorm averages batch statistics; the train
@@ -235,6 +248,7 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
         if self.layer_scale_init is not None and self.layer_scale_init <= 0:
             raise ValueError("layer_scale_init must be positive, or None for no layer scale.")
+        block_stack.check_remat_policy(self.remat_policy)
 
     @property
     def min_resolution(self) -> int:
@@ -289,8 +303,13 @@ class ConvNeXt(nn.Module):
             )
         x = self._stem(images.astype(self.dtype), train)
 
+        policy = self.remat_policy if self.remat else None
+        first_block, block = (
+            block_stack.block_type(Block, remat_policy=policy, in_scan=in_scan, num_inputs=1)
+            for in_scan in (False, self.scan)
+        )
         rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
-        index = 0
+        first = 0
         for stage, (depth, width) in enumerate(zip(self.depths, self.widths, strict=True)):
             if self.downsampling == "separate" and stage > 0:
                 # Section 2.6: LN before each 2x2 s2 downsampling conv.
@@ -304,27 +323,33 @@ class ConvNeXt(nn.Module):
                     dtype=self.dtype,
                     name=f"stage{stage}_downsample_conv",
                 )(x)
-            for b in range(depth):
-                strided = self.downsampling == "block" and stage > 0 and b == 0
-                x = Block(
-                    features=width,
-                    hidden=int(width * self.hidden_ratio),
-                    stride=2 if strided else 1,
-                    spatial_conv=self.spatial_conv,
-                    depthwise=self.depthwise,
-                    kernel_size=self.kernel_size,
-                    activation=self.activation,
-                    activations=self.activations,
-                    norm=self.norm,
-                    norms=self.norms,
-                    layer_scale_init=self.layer_scale_init,
-                    drop_path=rates[index],
-                    weight_init=self.weight_init,
-                    dtype=self.dtype,
-                    batch_norm_axis_name=self.batch_norm_axis_name,
-                    name=f"stage{stage}_block{b}",
-                )(x, train)
-                index += 1
+            fields = dict(
+                features=width,
+                hidden=int(width * self.hidden_ratio),
+                spatial_conv=self.spatial_conv,
+                depthwise=self.depthwise,
+                kernel_size=self.kernel_size,
+                activation=self.activation,
+                activations=self.activations,
+                norm=self.norm,
+                norms=self.norms,
+                layer_scale_init=self.layer_scale_init,
+                drop_path=self.drop_path_rate > 0,
+                weight_init=self.weight_init,
+                dtype=self.dtype,
+                batch_norm_axis_name=self.batch_norm_axis_name,
+            )
+            strided = self.downsampling == "block" and stage > 0
+            x, _ = first_block(stride=2 if strided else 1, name=f"stage{stage}_block0", **fields)(
+                x, rates[first], train
+            )
+            x = block_stack.repeat(
+                block, dict(fields, stride=1), x, (rates[first + 1 : first + depth],), train,
+                scan=self.scan,
+                names=[f"stage{stage}_block{b}" for b in range(1, depth)],
+                scanned_name=f"stage{stage}_blocks",
+            )
+            first += depth
 
         x = jnp.mean(x, axis=(1, 2))
         if self.head_norm:  # Section 2.6: one norm after the final global average pooling.

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+import block_stack
 from convnext.model import ConvNeXt
 from convnext.variants import canonical_name, create
 from macs import abstract_variables
@@ -110,13 +111,15 @@ def variables_from_timm(
 
     Returns {'params': ...}, plus {'batch_stats': ...} (running mean and variance) for
     BatchNorm models. `overrides` are `create()` overrides for non-standard sizes, e.g.
-    `depths=(1, 1, 1, 1)`. The number of classes is read from the classifier. Raises
+    `depths=(1, 1, 1, 1)`; the variables come in the layout (scanned or unrolled blocks) of
+    `create(variant, **overrides)`. The number of classes is read from the classifier. Raises
     `weight_import.CheckpointMismatchError` listing every missing, unexpected or mis-shaped key.
     """
     name = canonical_name(variant)
     head_key = "fc.weight" if "fc.weight" in state_dict else "head.fc.weight"
     num_classes = np.shape(state_dict.get(head_key, np.zeros((1000, 0))))[0]
-    model = create(name, num_classes=num_classes, **overrides)
+    scan = create(name, num_classes=num_classes, **overrides).scan
+    model = create(name, num_classes=num_classes, **{**overrides, "scan": False})
     layout = _layout(model)
     if layout is None:
         raise ValueError(
@@ -131,13 +134,14 @@ def variables_from_timm(
         params = expected["params"]
         has_projection = {k: "shortcut_conv" in v for k, v in params.items() if "_block" in k}
         rules = _resnet_rules(model, has_projection)
-    return import_tree(
+    variables = import_tree(
         state_dict,
         rules,
         expected,
         what=f"ConvNeXt {name!r}",
         ignore=lambda key: key.endswith(".num_batches_tracked"),
     )
+    return block_stack.stage_layout(variables, scan)
 
 
 def from_timm(state_dict: Mapping[str, np.ndarray], variant: str, **overrides) -> dict:

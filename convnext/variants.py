@@ -8,6 +8,7 @@ roadmap as 'roadmap_<step>' (see `convnext.roadmap`). Each entry holds plain hyp
 
 from flax import linen as nn
 
+import block_stack
 import models
 from convnext.model import ConvNeXt
 from convnext.roadmap import ROADMAP
@@ -22,6 +23,8 @@ _SIZES = {
     "large": ((3, 3, 27, 3), (192, 384, 768, 1536), 0.5),
     "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048), 0.2),
 }
+
+
 # Short names of the paper (ConvNeXt-T, -S, -B, -L, -XL).
 _LETTERS = {"t": "tiny", "s": "small", "b": "base", "l": "large", "xl": "xlarge"}
 ROADMAP_PREFIX = "roadmap_"
@@ -31,7 +34,11 @@ _RECIPE = dict(train_resolution=224, test_resolution=224)
 
 VARIANTS: dict[str, dict] = {
     **{
-        name: dict(depths=depths, widths=widths, drop_path_rate=rate, **_RECIPE)
+        # S, B, L and XL (27-block third stage) scanned and rematerialised, which compiles
+        # faster and uses less memory than unrolled blocks (README, compile time); T compiles
+        # faster unrolled.
+        name: dict(depths=depths, widths=widths, drop_path_rate=rate,
+                   **block_stack.variant_layout(max(depths) >= 27), **_RECIPE)
         for name, (depths, widths, rate) in _SIZES.items()
     },
     **{f"{ROADMAP_PREFIX}{step}": dict(fields, **_RECIPE) for step, fields in ROADMAP.items()},
@@ -62,7 +69,8 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     """Builds the ConvNeXt `variant` (e.g. 'tiny', 'XL', 'roadmap_gelu') with field overrides.
 
     Overrides are ConvNeXt module fields, e.g. `drop_path_rate=0.0`, `dtype=jnp.bfloat16`,
-    `head_init_scale=0.001` (fine-tuning), or `depths=(1, 1, 1, 1)` for a small test model.
+    `head_init_scale=0.001` (fine-tuning), `depths=(1, 1, 1, 1)` for a small test model,
+    `scan=False` (unrolled blocks) or `remat=False`.
     """
     entry = VARIANTS[canonical_name(variant)]
     return models.build(ConvNeXt, entry, RECIPE_FIELDS, num_classes, overrides, "ConvNeXt")

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+import block_stack
 from macs import abstract_variables
 from nfnets.model import NFNet
 from nfnets.variants import canonical_name, create
@@ -77,26 +78,30 @@ def _flat(haiku_params: Mapping) -> dict[str, np.ndarray]:
 
 
 def _model_and_rules(variant: str, num_classes: int):
-    model = create(canonical_name(variant), num_classes=num_classes)
+    model = create(canonical_name(variant), num_classes=num_classes, scan=False)
     expected = abstract_variables(model, resolution=32)["params"]
     has_projection = {k: "conv_shortcut" in v for k, v in expected.items() if "_block" in k}
     return model, expected, _rules(model, has_projection)
 
 
-def from_haiku(haiku_params: Mapping, variant: str) -> dict:
+def from_haiku(haiku_params: Mapping, variant: str, scan: bool | None = None) -> dict:
     """Converts DeepMind NFNet params (nested {module: {name: array}} or flat
-    {'module/name': array}, e.g. `np.load('F0_flat.npz')`) into params of `variant`. The number
-    of classes is read from the classifier. Raises `weight_import.CheckpointMismatchError`
+    {'module/name': array}, e.g. `np.load('F0_flat.npz')`) into params of `variant`, with
+    scanned or unrolled blocks as `scan` says (None: the variant's default). The number of
+    classes is read from the classifier. Raises `weight_import.CheckpointMismatchError`
     listing every missing, unexpected or mis-shaped key."""
     flat = _flat(haiku_params)
     num_classes = np.shape(flat.get(f"{CLASSIFIER}/w", np.zeros((0, 1000))))[-1]
     _, expected, rules = _model_and_rules(variant, num_classes)
-    return import_tree(flat, rules, expected, what=f"NFNet-{canonical_name(variant)}")
+    params = import_tree(flat, rules, expected, what=f"NFNet-{canonical_name(variant)}")
+    scan = create(canonical_name(variant)).scan if scan is None else scan
+    return block_stack.stage_layout({"params": params}, scan)["params"]
 
 
 def to_haiku(params: Mapping, variant: str) -> dict[str, np.ndarray]:
-    """Our params of `variant` under the reference's flat Haiku names (inverse of
-    `from_haiku`)."""
+    """Our params of `variant`, in either layout, under the reference's flat Haiku names
+    (inverse of `from_haiku`)."""
+    params = block_stack.stage_layout({"params": dict(params)}, False)["params"]
     num_classes = np.shape(params["head"]["kernel"])[-1]
     _, _, rules = _model_and_rules(variant, num_classes)
     out = {}

@@ -134,15 +134,12 @@ class StochasticDepth(nn.Module):
 
     As in the reference `base.StochDepth`, kept branches are not rescaled by 1 / keep_prob
     (the reference's default `scale_by_keep=False`); the mask is floor(keep_prob + u), u ~ U[0, 1).
-    Draws from the 'dropout' rng stream.
+    Draws from the 'dropout' rng stream. `rate` may be a traced scalar (inside `nn.scan`); rate 0
+    keeps every branch.
     """
 
-    rate: float
-
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if not train or self.rate == 0.0:
-            return x
+    def __call__(self, x: jax.Array, rate) -> jax.Array:
         u = jax.random.uniform(self.make_rng("dropout"), (x.shape[0], 1, 1, 1), jnp.float32)
-        mask = jnp.floor(1.0 - self.rate + u)
+        mask = jnp.floor(1.0 - jnp.asarray(rate, jnp.float32) + u)
         return x * mask.astype(x.dtype)

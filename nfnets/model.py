@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+import block_stack
 from nfnets.layers import SqueezeExcite, StochasticDepth, WSConv2D, scaled_activation
 
 Dtype = Any
@@ -56,22 +57,26 @@ def block_betas(depths: Sequence[int], alpha: float) -> list[float]:
 
 
 class NFBlock(nn.Module):
-    """Bottleneck block: 1x1 -> grouped 3x3 (strided) -> grouped 3x3 -> 1x1 -> SE -> skip gain."""
+    """Bottleneck block: 1x1 -> grouped 3x3 (strided) -> grouped 3x3 -> 1x1 -> SE -> skip gain.
+
+    Called as `block(x, beta, drop_rate, train)` and returns `(x, None)` (the pair `nn.scan`
+    expects): beta scales the block's input, drop_rate is its stochastic-depth rate, both
+    Python floats or traced scalars. `stochastic_depth` says whether the network drops blocks.
+    """
 
     features: int
     width: int
     group_width: int
     stride: int
-    beta: float
     alpha: float
     se_ratio: float
-    stochastic_depth: float
+    stochastic_depth: bool
     activation: str
     weight_standardization: str
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, beta, drop_rate, train: bool) -> tuple[jax.Array, None]:
         act = scaled_activation(self.activation)
         conv = lambda n, k, name, stride=1, groups=1: WSConv2D(
             n,
@@ -84,7 +89,7 @@ class NFBlock(nn.Module):
         )
         groups = num_groups(self.width, self.group_width)
 
-        out = act(x) * self.beta
+        out = act(x) * jnp.asarray(beta, x.dtype)
         if self.stride > 1:
             # 2x2 average pool, 'SAME' padding excluded from the count (haiku's avg_pool).
             shortcut = nn.avg_pool(
@@ -102,10 +107,11 @@ class NFBlock(nn.Module):
         out = conv(self.features, 1, "conv2")(act(out))
         se_hidden = max(1, int(self.features * self.se_ratio))
         out = 2.0 * SqueezeExcite(se_hidden, dtype=self.dtype, name="se")(out) * out
-        out = StochasticDepth(self.stochastic_depth)(out, train)
+        if train and self.stochastic_depth:
+            out = StochasticDepth()(out, drop_rate)
         # SkipInit (De & Smith 2020): the residual branch starts switched off.
         skip_gain = self.param("skip_gain", nn.initializers.zeros, (), jnp.float32)
-        return out * skip_gain.astype(out.dtype) * self.alpha + shortcut
+        return out * skip_gain.astype(out.dtype) * self.alpha + shortcut, None
 
 
 class NFNet(nn.Module):
@@ -114,6 +120,13 @@ class NFNet(nn.Module):
     Called as `model.apply(variables, images, train=bool, rngs={'dropout': key})` with NHWC
     images; returns float32 logits. Train mode draws stochastic depth and dropout from the
     'dropout' stream.
+
+    scan: run each stage's blocks after its first as one `nn.scan` (their params stacked under
+      'stage<s>_blocks', see `block_stack`), so compile time does not grow with depth. Same
+      function as unrolled; random draws in training differ.
+    remat: rematerialise each block in the backward pass under `remat_policy` (a name of
+      `jax.checkpoint_policies`: 'nothing_saveable' keeps only block inputs, 'dots_saveable'
+      also keeps conv and matmul outputs).
     """
 
     num_classes: int
@@ -130,8 +143,15 @@ class NFNet(nn.Module):
     final_conv_multiplier: int = 2
     activation: str = "gelu"
     weight_standardization: str = "reference"
+    scan: bool = False
+    remat: bool = False
+    remat_policy: str = "nothing_saveable"
     input_channels: int = 3
     dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        block_stack.check_remat_policy(self.remat_policy)
+        super().__post_init__()
 
     def _conv(self, features: int, kernel_size: int, name: str, stride: int = 1) -> WSConv2D:
         return WSConv2D(
@@ -161,30 +181,41 @@ class NFNet(nn.Module):
             stride = 2 if i in (0, len(stem) - 1) else 1
             x = self._conv(features, 3, f"stem_conv{i}", stride)(x)
 
+        policy = self.remat_policy if self.remat else None
+        first_block, block = (
+            block_stack.block_type(NFBlock, remat_policy=policy, in_scan=in_scan, num_inputs=2)
+            for in_scan in (False, self.scan)
+        )
         betas = block_betas(self.depths, self.alpha)
         num_blocks = sum(self.depths)
-        index = 0
+        # Linear in the block index over the whole network (reference).
+        rates = [self.stochastic_depth * i / num_blocks for i in range(num_blocks)]
+        first = 0
         for stage, (depth, features) in enumerate(zip(self.depths, self.widths, strict=True)):
-            width = bottleneck_width(
-                features, self.bottleneck_ratio, self.group_width, self.bottleneck_rounding
+            fields = dict(
+                features=features,
+                width=bottleneck_width(
+                    features, self.bottleneck_ratio, self.group_width, self.bottleneck_rounding
+                ),
+                group_width=self.group_width,
+                alpha=self.alpha,
+                se_ratio=self.se_ratio,
+                stochastic_depth=self.stochastic_depth > 0,
+                activation=self.activation,
+                weight_standardization=self.weight_standardization,
+                dtype=self.dtype,
             )
-            for b in range(depth):
-                x = NFBlock(
-                    features=features,
-                    width=width,
-                    group_width=self.group_width,
-                    stride=STAGE_STRIDES[stage] if b == 0 else 1,
-                    beta=betas[index],
-                    alpha=self.alpha,
-                    se_ratio=self.se_ratio,
-                    # Linear in the block index over the whole network (reference).
-                    stochastic_depth=self.stochastic_depth * index / num_blocks,
-                    activation=self.activation,
-                    weight_standardization=self.weight_standardization,
-                    dtype=self.dtype,
-                    name=f"stage{stage}_block{b}",
-                )(x, train)
-                index += 1
+            x, _ = first_block(stride=STAGE_STRIDES[stage], name=f"stage{stage}_block0", **fields)(
+                x, betas[first], rates[first], train
+            )
+            rest = slice(first + 1, first + depth)
+            x = block_stack.repeat(
+                block, dict(fields, stride=1), x, (betas[rest], rates[rest]), train,
+                scan=self.scan,
+                names=[f"stage{stage}_block{b}" for b in range(1, depth)],
+                scanned_name=f"stage{stage}_blocks",
+            )
+            first += depth
 
         x = self._conv(self.final_conv_multiplier * self.widths[-1], 1, "final_conv")(x)
         x = jnp.mean(act(x), axis=(1, 2))

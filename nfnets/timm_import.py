@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+import block_stack
 from macs import abstract_variables
 from nfnets.model import NFNet
 from nfnets.variants import canonical_name, create
@@ -57,8 +58,9 @@ def _rules(model: NFNet, has_projection: dict[str, bool]) -> list[Rule]:
     return rules
 
 
-def from_timm(state_dict: Mapping[str, np.ndarray], variant: str) -> dict:
-    """Converts a timm NFNet state dict (names -> numpy arrays) into params of `variant`.
+def from_timm(state_dict: Mapping[str, np.ndarray], variant: str, **overrides) -> dict:
+    """Converts a timm NFNet state dict (names -> numpy arrays) into params of `variant`, laid
+    out for `create(variant, **overrides)` (scanned or unrolled blocks).
 
     The number of classes is read from `head.fc.weight`. Raises
     `weight_import.CheckpointMismatchError` listing every missing, unexpected or mis-shaped key.
@@ -69,10 +71,12 @@ def from_timm(state_dict: Mapping[str, np.ndarray], variant: str) -> dict:
     if not any(k.endswith("skipinit_gain") for k in state_dict):  # timm's nfnet_f*
         for key in {".".join(k.split(".")[:3]) for k in state_dict if k.startswith("stages.")}:
             state_dict[f"{key}.skipinit_gain"] = np.ones((), np.float32)
-    model = create(name, num_classes=num_classes)
+    model = create(name, num_classes=num_classes, **{**overrides, "scan": False})
     expected = abstract_variables(model, resolution=32)["params"]
     has_projection = {k: "conv_shortcut" in v for k, v in expected.items() if "_block" in k}
-    return import_tree(
+    params = import_tree(
         state_dict, _rules(model, has_projection), expected, what=f"NFNet-{name}"
     )
+    scan = create(name, num_classes=num_classes, **overrides).scan
+    return block_stack.stage_layout({"params": params}, scan)["params"]
 

@@ -7,6 +7,7 @@ plus the recipe figures that belong to the variant (resolutions, RandAugment), w
 
 from flax import linen as nn
 
+import block_stack
 import models
 from nfnets.model import NFNet
 
@@ -35,6 +36,9 @@ def _f_variant(depths, train_px, test_px, dropout, randaugment, widths):
         widths=widths,
         dropout=dropout,
         stochastic_depth=0.25,  # ImageNet value of the released experiment config.
+        # Scanned and rematerialised from F1 on, where that compiles faster and uses less
+        # memory than unrolled blocks (README, compile time); F0 compiles faster unrolled.
+        **block_stack.variant_layout(sum(depths) >= 24),
         train_resolution=train_px,
         test_resolution=test_px,
         randaugment=randaugment,
@@ -84,7 +88,8 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     """Builds the NFNet `variant` (e.g. 'F0', 'F7+', 'tiny') with optional field overrides.
 
     Overrides are NFNet module fields, e.g. `activation='relu'`, `stochastic_depth=0.1`,
-    `dropout=0.0`, `dtype=jnp.bfloat16`, `bottleneck_rounding='none'`, or `**TIMM_NUMERICS`.
+    `dropout=0.0`, `dtype=jnp.bfloat16`, `bottleneck_rounding='none'`, `scan=False` (unrolled
+    blocks), `remat=True`, or `**TIMM_NUMERICS`.
     """
     entry = VARIANTS[canonical_name(variant)]
     return models.build(NFNet, entry, RECIPE_FIELDS, num_classes, overrides, "NFNet")

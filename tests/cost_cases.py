@@ -39,6 +39,10 @@ FEATURES = {  # name: config changes, applied to NFNet (grouped convs: the hard 
     "sam_global": {"sam.rho": 0.05, "sam.num_groups": 1, "sam.ascent_fraction": 1.0},
     "mixup_cutmix": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0},
 }
+REMAT = {  # name: NFNet field overrides that scan stages and rematerialise every block
+    "remat_blocks": dict(scan=True, remat=True, remat_policy="nothing_saveable"),
+    "remat_dots": dict(scan=True, remat=True, remat_policy="dots_saveable"),
+}
 ONE = {"one": dict(data=1)}
 MESHES = {"data8": dict(data=8), "data4_fsdp2": dict(data=4, fsdp=2)}
 MANY = {"data32": dict(data=32)}
@@ -108,6 +112,11 @@ def main(part: str, full: bool):
         model, overrides = FAMILIES[name]
         many = MANY if full or name == "nfnet" else {}
         report["families"][name] = audit(ONE | MESHES | many, model, overrides)
+    # One remat case in each part, so that the two take about as long.
+    model, overrides = FAMILIES["nfnet"]
+    name = "remat_blocks" if part == "convnets" else "remat_dots"
+    report["features"][name] = audit({"data8": MESHES["data8"]}, model,
+                                     {**overrides, **REMAT[name]})
     if part == "vits_and_features":
         model, overrides = FAMILIES["nfnet"]
         for name, changes in FEATURES.items():

@@ -22,12 +22,16 @@ from benchmarks.train_throughput_benchmark import abstract_train_state  # noqa: 
 from configs import quickstart  # noqa: E402
 
 RESNET = dict(depths=(1, 1, 1, 1), widths=(16, 32, 32, 32), stem_width=8, drop_path_rate=0.2)
+# Stage 1 scanned: stacked BatchNorm statistics under FSDP.
+SCANNED_RESNET = dict(RESNET, depths=(1, 2, 1, 1), scan=True)
 # name: (model, model overrides, config changes, 8-device mesh)
 CASES = {
-    "nfnet_dropout_mixup": ("nfnet_tiny", dict(stochastic_depth=0.2, dropout=0.3),
-                            dict(mixup_alpha=0.4, cutmix_alpha=1.0), dict(data=8)),
+    "nfnet_scan_remat_dropout_mixup": (
+        "nfnet_tiny", dict(stochastic_depth=0.2, dropout=0.3, scan=True, remat=True),
+        dict(mixup_alpha=0.4, cutmix_alpha=1.0), dict(data=8)),
     "resnet_batchnorm_accumulation_fsdp": (
-        "convnext_roadmap_resnet50", RESNET, dict(grad_accum_steps=2), dict(data=4, fsdp=2)),
+        "convnext_roadmap_resnet50", SCANNED_RESNET, dict(grad_accum_steps=2),
+        dict(data=4, fsdp=2)),
     "vit_conv_stem_per_replica_sam": (
         "vit_C-tiny", dict(stochastic_depth=0.2),
         {"sam.rho": 0.1, "sam.num_groups": 8, "sam.ascent_fraction": 0.25}, dict(data=8)),

@@ -68,15 +68,18 @@ def test_time_steps_counts_only_timed_steps():
     assert len(calls) == 7 and first >= 0 and per_step >= 0
 
 
-def test_compile_time_prints_lowering_and_compilation(capsys):
-    (result,) = compile_time_benchmark.main(
-        ["--models", "vit_P-tiny:scan=True,remat=True", "--resolution", "16",
-         "--batch_per_device", "2"]
+def test_compile_time_prints_lowering_and_compilation_per_layout(capsys):
+    results = compile_time_benchmark.main(
+        ["--models", "vit_P-tiny:pool='gap'", "--resolution", "16",
+         "--batch_per_device", "2", "--layouts", "unrolled", "remat"]
     )
     out = capsys.readouterr().out
     assert "backend cpu" in out and "persistent compilation cache off" in out
-    assert "vit_P-tiny:scan=True,remat=True:" in out and "lowering" in out
-    assert "compilation" in out and result["compile_s"] > 0
+    assert "vit_P-tiny:pool='gap' [unrolled]:" in out and "lowering" in out
+    assert "vit_P-tiny:pool='gap' [remat]:" in out
+    assert "remat/unrolled: compilation" in out and "temporaries" in out
+    assert [r["layout"] for r in results] == ["unrolled", "remat"]
+    assert all(r["compile_s"] > 0 for r in results)
 
 
 def test_parse_model_overrides():

@@ -60,7 +60,7 @@ def test_drop_path_keeps_the_expectation():
     from convnext.layers import DropPath
 
     x = jnp.ones((4000, 1, 1, 2))
-    out = np.asarray(DropPath(0.25).apply({}, x, True, rngs={"dropout": jax.random.key(0)}))
+    out = np.asarray(DropPath().apply({}, x, 0.25, rngs={"dropout": jax.random.key(0)}))
     per_example = out.reshape(4000, -1)
     assert set(np.unique(per_example)) <= {0.0, np.float32(1 / 0.75)}
     assert np.all(per_example.min(axis=1) == per_example.max(axis=1))  # whole examples

@@ -21,8 +21,9 @@ from weight_import import CheckpointMismatchError
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = 1e-4  # max |delta logit| <= TOLERANCE * max |logit|, float32 against float64.
 # The sizes of the fixtures (CONVNEXT_TEST_SIZE, RESNET_TEST_SIZE in export_timm_fixtures.py).
-CONVNEXT_SIZE = dict(depths=(1, 2, 1, 1), widths=(16, 32, 48, 64))
-RESNET_SIZE = dict(depths=(1, 2, 1, 1), widths=(32, 64, 96, 128))
+# Unrolled blocks, except where a test asks for scanned ones.
+CONVNEXT_SIZE = dict(depths=(1, 2, 1, 1), widths=(16, 32, 48, 64), scan=False)
+RESNET_SIZE = dict(depths=(1, 2, 1, 1), widths=(32, 64, 96, 128), scan=False)
 
 
 def relative_error(ours, reference) -> float:
@@ -51,16 +52,24 @@ def small_resnet():
     return state_dict, images, logits, evaluator("resnet50", logits.shape[-1], **RESNET_SIZE)
 
 
-def test_convnext_matches_timm(small_convnext):
-    state_dict, images, logits, evaluate = small_convnext
-    params = convnext.from_timm(state_dict, "T", **CONVNEXT_SIZE)
+@pytest.mark.parametrize("scan", [False, True])
+def test_convnext_matches_timm(small_convnext, scan):
+    state_dict, images, logits, _ = small_convnext
+    size = dict(CONVNEXT_SIZE, scan=scan)
+    params = convnext.from_timm(state_dict, "T", **size)
+    assert ("stage1_blocks" in params) == scan
+    evaluate = evaluator("T", logits.shape[-1], **size)
     assert relative_error(evaluate({"params": params}, images), logits) <= TOLERANCE
 
 
-def test_resnet50_matches_timm(small_resnet):
-    state_dict, images, logits, evaluate = small_resnet
-    variables = convnext.variables_from_timm(state_dict, "resnet50", **RESNET_SIZE)
+@pytest.mark.parametrize("scan", [False, True])
+def test_resnet50_matches_timm(small_resnet, scan):
+    state_dict, images, logits, _ = small_resnet
+    size = dict(RESNET_SIZE, scan=scan)
+    variables = convnext.variables_from_timm(state_dict, "resnet50", **size)
     assert set(variables) == {"params", "batch_stats"}
+    assert ("stage1_blocks" in variables["batch_stats"]) == scan
+    evaluate = evaluator("resnet50", logits.shape[-1], **size)
     assert relative_error(evaluate(variables, images), logits) <= TOLERANCE
 
 

@@ -13,6 +13,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file
 
+import block_stack
 import convnext
 import finetune
 import macs
@@ -150,6 +151,17 @@ def plan(config):
     variables = macs.abstract_variables(model, config.data.train_resolution)
     return finetune.plan(config, model, shapes(variables["params"]),
                          shapes(variables.get("batch_stats", {})))
+
+
+def test_an_unrolled_checkpoint_loads_into_scanned_blocks(pretrained):
+    source = jax.device_get(pretrained[1].ema_params)
+    assert "stage1_block1" in source  # the tiny NFNet unrolls its blocks by default
+    values, _, report, _ = plan(finetune_config(pretrained[0], **{"model.overrides.scan": True}))
+    stacked = flat(block_stack.stack_stages(source))
+    assert "stage1_blocks/conv0/kernel" in values and len(report["reinitialized"]) == 2
+    assert set(values) == set(stacked) - {"head/kernel", "head/bias"}
+    for name, value in values.items():
+        np.testing.assert_array_equal(value, stacked[name], err_msg=name)
 
 
 def test_checkpoint_of_another_family_or_variant_names_both(pretrained):
@@ -304,12 +316,18 @@ def test_vit_evaluates_at_another_resolution_than_it_trained_at():
     assert float(eval_step(params, {}, batch)["count"]) == 2
 
 
-def test_convnext_layer_decay_factors():
-    """ConvNeXt-B: 12 layers + head (facebookresearch/ConvNeXt `get_num_layer_for_convnext`)."""
-    model = convnext.create("base")
+@pytest.mark.parametrize("scan", [False, True])
+def test_convnext_layer_decay_factors(scan):
+    """ConvNeXt-B: 12 layers + head (facebookresearch/ConvNeXt `get_num_layer_for_convnext`),
+    in either layout: a stacked block gets the factor of the block it stands for."""
+    model = convnext.create("base", scan=scan)
     params = macs.abstract_variables(model, 32)["params"]
     d = 0.8
-    factors = flat(optim.layer_decay_factors(params, d, "convnext"))
+    factors = optim.layer_decay_factors(params, d, "convnext")
+    if scan:
+        full = jax.tree.map(lambda f, p: np.broadcast_to(f, p.shape), factors, params)
+        factors = block_stack.unstack_stages(full)
+    factors = flat(factors)
     expected = {
         "stem_conv/kernel": d**13, "stem_norm/scale": d**13,
         "stage0_block2/conv1/kernel": d**12,

@@ -30,10 +30,12 @@ def tiny():
     return state_dict, io["images"], io["logits"]
 
 
-def test_tiny_matches_timm(tiny):
+@pytest.mark.parametrize("scan", [False, True])
+def test_tiny_matches_timm(tiny, scan):
     state_dict, images, logits = tiny
-    params = nfnets.from_timm(state_dict, "tiny")
-    model = nfnets.create("tiny", num_classes=logits.shape[-1], **nfnets.TIMM_NUMERICS)
+    params = nfnets.from_timm(state_dict, "tiny", scan=scan)
+    assert ("stage1_blocks" in params) == scan
+    model = nfnets.create("tiny", num_classes=logits.shape[-1], scan=scan, **nfnets.TIMM_NUMERICS)
     ours = jax.jit(model.apply, static_argnames="train")({"params": params}, images, train=False)
     assert relative_error(ours, logits) <= TOLERANCE
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sam import ascent_examples
-from tests.cost_cases import BATCH, FAMILIES, FEATURES
+from tests.cost_cases import BATCH, FAMILIES, FEATURES, REMAT
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1.1  # the issue's bar: within 10% of the ideal
@@ -108,6 +108,23 @@ def test_step_features_keep_each_device_to_its_share(costs, feature):
         # Global SAM reduces its ascent gradient too; nothing else moves more than gradients.
         reductions = 2 if feature == "sam_global" else 1
         assert moved[GRADIENT] <= TOLERANCE * reductions * case["param_bytes"], (name, moved)
+
+
+@pytest.mark.parametrize("feature", REMAT)
+def test_rematerialisation_keeps_each_device_to_its_share(costs, feature):
+    """Recomputing whole blocks adds at most their forward pass (2 of the step's 6 MACs per
+    example: 4/3 of the step); keeping conv and matmul outputs recomputes no conv. Either way
+    each device does that work for its 1/N of the batch and moves only gradients.
+    (Temporaries: tests/test_block_stack.py and README's compile-time table.)"""
+    case = costs["features"][feature]["data8"]
+    ratio = per_device_ratio(case, costs["families"]["nfnet"]["one"])
+    if feature == "remat_blocks":
+        assert 1.1 < ratio < 4 / 3 * TOLERANCE, ratio
+    else:
+        assert 1 / TOLERANCE < ratio < TOLERANCE, ratio
+    moved = case["collective_bytes"]
+    assert set(moved) <= DATA_PARALLEL_COLLECTIVES, moved
+    assert moved[GRADIENT] <= TOLERANCE * case["param_bytes"], moved
 
 
 def test_accumulation_loops_over_micro_batches_in_less_memory(costs):

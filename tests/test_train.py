@@ -73,8 +73,22 @@ def test_loss_decreases_on_a_learnable_task(uninterrupted):
     assert last["eval_top1"] > 0.15  # chance: 0.1, after only 12 steps of batch 32
 
 
-def test_killed_and_resumed_run_is_bit_identical(uninterrupted, workdir, monkeypatch):
+# Scanned blocks (the deep variants' layout), with per-block random draws.
+SCANNED = {"model.overrides.scan": True, "model.overrides.stochastic_depth": 0.1}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_scanned(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted_scanned"))
+    return workdir, train.train_and_evaluate(small_config(**SCANNED), workdir)
+
+
+@pytest.mark.parametrize("layout", ["unrolled", "scanned"])
+def test_killed_and_resumed_run_is_bit_identical(layout, request, workdir, monkeypatch):
     """Kill after step 7 (last checkpoint: 4; steps 6 logged and evaluated past it), resume."""
+    changes = SCANNED if layout == "scanned" else {}
+    uninterrupted = request.getfixturevalue(
+        "uninterrupted_scanned" if layout == "scanned" else "uninterrupted")
     real = input_pipeline.create_train_iterator
 
     def dies_after(n):
@@ -88,10 +102,10 @@ def test_killed_and_resumed_run_is_bit_identical(uninterrupted, workdir, monkeyp
 
     monkeypatch.setattr(input_pipeline, "create_train_iterator", dies_after(8))
     with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(small_config(), workdir)
+        train.train_and_evaluate(small_config(**changes), workdir)
     assert max(r["step"] for r in metrics(workdir)) == 8  # logged beyond the checkpoint
     monkeypatch.setattr(input_pipeline, "create_train_iterator", real)
-    state = train.train_and_evaluate(small_config(), workdir)
+    state = train.train_and_evaluate(small_config(**changes), workdir)
 
     assert metrics(workdir) == metrics(uninterrupted[0])
     same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),

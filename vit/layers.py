@@ -20,16 +20,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
-# jax.checkpoint_policies usable by name (the others need arguments).
-REMAT_POLICIES = (
-    "nothing_saveable",
-    "everything_saveable",
-    "dots_saveable",
-    "dots_with_no_batch_dims_saveable",
-    "checkpoint_dots",
-    "checkpoint_dots_with_no_batch_dims",
-)
-
 # big_vision: xavier-uniform kernels everywhere in the encoder, MLP biases N(0, 1e-6).
 _XAVIER = nn.initializers.xavier_uniform()
 _MLP_BIAS = nn.initializers.normal(stddev=1e-6)

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+import block_stack
 from vit.layers import (
     ACTIVATIONS,
     ATTENTION_IMPLEMENTATIONS,
-    REMAT_POLICIES,
     ConvStem,
     EncoderBlock,
     MAPHead,
@@ -131,15 +131,11 @@ class ViT(nn.Module):
         return int(self.pool == "token" and self.posemb == "learn" and self.class_token_posemb)
 
     def _encoder(self, x: jax.Array, train: bool) -> jax.Array:
-        block = EncoderBlock
-        if self.remat:
-            block = nn.remat(
-                block,
-                prevent_cse=not self.scan,
-                static_argnums=(3,),  # (self, x, drop_rate, train)
-                policy=getattr(jax.checkpoint_policies, self.remat_policy),
-            )
-        kwargs = dict(
+        block = block_stack.block_type(
+            EncoderBlock, remat_policy=self.remat_policy if self.remat else None,
+            in_scan=self.scan, num_inputs=1,
+        )
+        fields = dict(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
             layer_norm_eps=self.layer_norm_eps,
@@ -149,20 +145,10 @@ class ViT(nn.Module):
             attention_implementation=self.attention_implementation,
             dtype=self.dtype,
         )
-        rates = drop_path_rates(self.stochastic_depth, self.depth)
-        if self.scan:
-            blocks = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast),
-                length=self.depth,
-            )
-            x, _ = blocks(name="blocks", **kwargs)(x, jnp.asarray(rates, jnp.float32), train)
-            return x
-        for i, rate in enumerate(rates):
-            x, _ = block(name=f"block_{i}", **kwargs)(x, rate, train)
-        return x
+        return block_stack.repeat(
+            block, fields, x, (drop_path_rates(self.stochastic_depth, self.depth),), train,
+            scan=self.scan, names=[f"block_{i}" for i in range(self.depth)], scanned_name="blocks",
+        )
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -241,7 +227,7 @@ def validate_fields(model: ViT) -> None:
         ("pool", model.pool, POOLS),
         ("posemb", model.posemb, POSEMBS),
         ("activation", model.activation, tuple(ACTIVATIONS)),
-        ("remat_policy", model.remat_policy, REMAT_POLICIES),
+        ("remat_policy", model.remat_policy, block_stack.REMAT_POLICIES),
         ("attention_implementation", model.attention_implementation, ATTENTION_IMPLEMENTATIONS),
     ]:
         if value not in valid:

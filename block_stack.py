@@ -1,0 +1,172 @@
+"""A network's repeated residual blocks, unrolled or as one `nn.scan`, optionally rematerialised.
+
+Unrolled, every block is its own submodule and XLA compiles each one: compile time grows with
+depth (NFNet-F7+ has 96 blocks). Scanned, the blocks of a run share one compiled body and their
+variables are stacked along a new leading (depth) axis, as in big_vision and MaxText; the two
+layouts compute the same function and convert into each other losslessly.
+
+Layout conventions, which the optimizer's masks (`optim`) and the checkpoint loaders rely on:
+  - a ConvNet stage <s> keeps its first block, which changes stride or width, as
+    'stage<s>_block0' and stacks blocks 1.. under 'stage<s>_blocks' (unrolled:
+    'stage<s>_block1', 'stage<s>_block2', ...);
+  - ViT stacks all its blocks under 'blocks' (unrolled: 'block_0', 'block_1', ...).
+A top-level variable name ending in 'blocks' therefore always holds stacked blocks.
+
+Rematerialisation (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost") recomputes
+a block's activations in the backward pass instead of keeping them; the policy says which
+intermediate results are kept anyway.
+"""
+
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+# The `jax.checkpoint_policies` usable by name (the others need arguments): 'nothing_saveable'
+# recomputes the whole block; 'dots_saveable' keeps every matmul and convolution output.
+REMAT_POLICIES = (
+    "nothing_saveable",
+    "everything_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "checkpoint_dots",
+    "checkpoint_dots_with_no_batch_dims",
+)
+
+_STACKED = re.compile(r"(.+_)?blocks")
+_STAGE_BLOCK = re.compile(r"(stage\d+)_block(\d+)")
+_STAGE_STACK = re.compile(r"(stage\d+)_blocks")
+
+
+def variant_layout(scanned: bool) -> dict:
+    """The model fields a variant table sets: scanned stages whose blocks are rematerialised
+    keeping conv and matmul outputs (no conv is computed twice), or (no fields) the module's
+    defaults, unrolled blocks."""
+    return dict(scan=True, remat=True, remat_policy="dots_saveable") if scanned else {}
+
+
+def check_remat_policy(policy: str) -> None:
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"Unknown remat_policy {policy!r}; choose one of {list(REMAT_POLICIES)}.")
+
+
+def is_stacked(path: str) -> bool:
+    """Whether the variable at '/'-joined `path` holds stacked blocks (leading depth axis)."""
+    return bool(_STACKED.fullmatch(path.split("/", 1)[0]))
+
+
+def block_type(block: type[nn.Module], *, remat_policy: str | None, in_scan: bool,
+               num_inputs: int):
+    """`block`, rematerialised in the backward pass under `remat_policy` (None: not at all).
+
+    The block is called as `block(x, *inputs, train)` with `num_inputs` per-block inputs and
+    returns `(x, None)`, the carry/output pair `nn.scan` expects; `train` is static.
+    """
+    if remat_policy is None:
+        return block
+    check_remat_policy(remat_policy)
+    return nn.remat(
+        block,
+        # Outside a scan, XLA would merge the recomputation back into the forward pass.
+        prevent_cse=not in_scan,
+        static_argnums=(num_inputs + 2,),  # (self, x, *inputs, train)
+        policy=getattr(jax.checkpoint_policies, remat_policy),
+    )
+
+
+def repeat(
+    block,
+    fields: dict,
+    x: jax.Array,
+    inputs: Sequence[Sequence[float]],
+    train: bool,
+    *,
+    scan: bool,
+    names: Sequence[str],
+    scanned_name: str,
+) -> jax.Array:
+    """Applies `len(names)` blocks `block(**fields)` in turn, block i called as
+    `block(x, *(column[i] for column in inputs), train)`.
+
+    Unrolled, block i is the submodule `names[i]` and receives Python floats. Scanned, one
+    submodule `scanned_name` holds every block's variables stacked, and the inputs arrive as
+    traced float32 scalars (so blocks must not branch on them); each block draws its own
+    'dropout' randomness. Must be called from a compact method.
+    """
+    if not names:
+        return x
+    if not scan:
+        for i, name in enumerate(names):
+            x, _ = block(name=name, **fields)(x, *(column[i] for column in inputs), train)
+        return x
+    stacked = nn.scan(
+        block,
+        variable_axes={"params": 0, "batch_stats": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0,) * len(inputs) + (nn.broadcast,),
+        length=len(names),
+    )
+    columns = [jnp.asarray(column, jnp.float32) for column in inputs]
+    x, _ = stacked(name=scanned_name, **fields)(x, *columns, train)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Converting ConvNet variables between the two layouts.
+# ----------------------------------------------------------------------------------------------
+
+
+def has_stacked_stages(tree) -> bool:
+    return any(_STAGE_STACK.fullmatch(k) for k in tree)
+
+
+def stack_stages(tree: dict) -> dict:
+    """Unrolled ConvNet variables ({'stage<s>_block<b>': ...} plus others, one collection) ->
+    scanned ones: blocks 1.. of each stage stacked along a new leading axis under
+    'stage<s>_blocks'; 'stage<s>_block0' and everything else unchanged."""
+    if has_stacked_stages(tree):
+        raise ValueError("These variables already hold stacked 'stage<s>_blocks'.")
+    out, stages = {}, {}
+    for key, value in tree.items():
+        match = _STAGE_BLOCK.fullmatch(key)
+        if match and int(match[2]) > 0:
+            stages.setdefault(match[1], {})[int(match[2])] = value
+        else:
+            out[key] = value
+    for stage, blocks in stages.items():
+        if sorted(blocks) != list(range(1, len(blocks) + 1)):
+            raise ValueError(f"{stage} has blocks {sorted(blocks)}, not 1..{len(blocks)}.")
+        ordered = [blocks[b] for b in range(1, len(blocks) + 1)]
+        out[f"{stage}_blocks"] = jax.tree.map(
+            lambda *xs: np.stack([np.asarray(v) for v in xs]), *ordered
+        )
+    return out
+
+
+def unstack_stages(tree: dict) -> dict:
+    """Inverse of `stack_stages`."""
+    out = {}
+    for key, value in tree.items():
+        match = _STAGE_STACK.fullmatch(key)
+        if not match:
+            out[key] = value
+            continue
+        depth = len(jax.tree.leaves(value)[0])
+        for b in range(depth):
+            out[f"{match[1]}_block{b + 1}"] = jax.tree.map(lambda v, b=b: v[b], value)
+    return out
+
+
+def stage_layout(variables: dict, scan: bool) -> dict:
+    """Every collection of ConvNet `variables` ({'params': ..., 'batch_stats': ...}) in the
+    scanned (`scan`) or unrolled layout, whichever it is in now."""
+    convert = {
+        (True, False): stack_stages,
+        (False, True): unstack_stages,
+    }.get((scan, any(has_stacked_stages(tree) for tree in variables.values())))
+    if convert is None:
+        return variables
+    return {name: convert(tree) for name, tree in variables.items()}
