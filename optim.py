@@ -3,7 +3,7 @@
 SGD + Nesterov + AGC follows the NFNet reference (deepmind-research/nfnets `optim.SGD_AGC`)
 update for update:
     g <- AGC(g)             per unit: g * clip * max(|w|, eps) / |g| if |g| > clip * max(|w|, eps)
-    g <- g + wd * w         coupled weight decay, not on gains, biases or other vectors
+    g <- g + wd * w         coupled weight decay, on conv and dense kernels only
     m <- momentum * m + g
     w <- w - lr * (g + momentum * m)           (Nesterov)
 AdamW (Loshchilov & Hutter 2019) is optax's, with decoupled decay masked the same way.
@@ -34,18 +34,20 @@ def matches_any(path: str, patterns: Sequence[str]) -> bool:
     return any(re.search(p, path) for p in patterns)
 
 
-def block_ndim(path: str, x) -> int:
-    """Dimensions of one block's parameter: stacked blocks (`block_stack`) have one more."""
-    return np.ndim(x) - block_stack.is_stacked(path)
+# The params every recipe here decays: the kernels of convolutions and dense layers (Flax's
+# 'kernel'). NFNet (deepmind-research/nfnets): no decay on gains and biases; ConvNeXt
+# (facebookresearch/ConvNeXt `create_optimizer`): none on biases and 1-D params; big_vision's
+# ViT configs: `wd_mults` of '.*/kernel' only. Names are the same whether blocks are scanned.
+KERNELS = (r"(^|/)kernel$",)
 
 
-def weight_decay_mask(exclude: Sequence[str] = ()) -> Callable:
-    """Decay kernels (ndim >= 2 per block), never gains, biases, scales or other vectors and
-    scalars (NFNet: "no weight decay on gains and biases"; ConvNeXt and ViT: none on 1-D
-    params), nor any parameter whose path matches one of the `exclude` regexes (e.g. position
-    embeddings or class tokens). Scanned and unrolled layouts get the same decay."""
+def weight_decay_mask(include: Sequence[str] = KERNELS, exclude: Sequence[str] = ()) -> Callable:
+    """Decay the params whose '/'-joined path matches one of the `include` regexes and none of
+    the `exclude` ones: by name, so that stacked (scanned) and unrolled blocks, multi-head
+    biases of shape (heads, head_dim) and 3-D position embeddings are decayed as their recipe
+    says, whatever their number of dimensions."""
     return lambda params: path_mask(
-        params, lambda path, x: block_ndim(path, x) >= 2 and not matches_any(path, exclude)
+        params, lambda path, x: matches_any(path, include) and not matches_any(path, exclude)
     )
 
 
@@ -105,6 +107,7 @@ def sgd_agc(
     momentum: float = 0.9,
     nesterov: bool = True,
     weight_decay: float = 0.0,
+    weight_decay_include: Sequence[str] = KERNELS,
     weight_decay_exclude: Sequence[str] = (),
     agc_clip: float | None = 0.01,
     agc_eps: float = 1e-3,
@@ -124,7 +127,9 @@ def sgd_agc(
         )
     if weight_decay:
         parts.append(
-            optax.add_decayed_weights(weight_decay, weight_decay_mask(weight_decay_exclude))
+            optax.add_decayed_weights(
+                weight_decay, weight_decay_mask(weight_decay_include, weight_decay_exclude)
+            )
         )
     parts += [
         optax.trace(decay=momentum, nesterov=nesterov),
@@ -140,16 +145,17 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.05,
+    weight_decay_include: Sequence[str] = KERNELS,
     weight_decay_exclude: Sequence[str] = (),
     clip_global_norm: float | None = None,
 ) -> optax.GradientTransformation:
-    """AdamW with decoupled weight decay (scaled by the learning rate, as in PyTorch and optax),
-    not applied to 1-D parameters or to `weight_decay_exclude` paths."""
+    """AdamW with decoupled weight decay (scaled by the learning rate, as in PyTorch and optax)
+    on the params `weight_decay_mask` selects."""
     parts = [optax.clip_by_global_norm(clip_global_norm)] if clip_global_norm else []
     parts.append(
         optax.adamw(
             learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-            mask=weight_decay_mask(weight_decay_exclude),
+            mask=weight_decay_mask(weight_decay_include, weight_decay_exclude),
         )
     )
     return optax.chain(*parts)
@@ -166,6 +172,7 @@ def create_optimizer(
             momentum=config.momentum,
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
+            weight_decay_include=tuple(config.weight_decay_include),
             weight_decay_exclude=tuple(config.weight_decay_exclude),
             agc_clip=config.agc_clip,
             agc_eps=config.agc_eps,
@@ -179,6 +186,7 @@ def create_optimizer(
             b2=config.b2,
             eps=config.eps,
             weight_decay=config.weight_decay,
+            weight_decay_include=tuple(config.weight_decay_include),
             weight_decay_exclude=tuple(config.weight_decay_exclude),
             clip_global_norm=config.clip_global_norm,
         )

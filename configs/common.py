@@ -91,7 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
             momentum=0.9,
             nesterov=True,
             weight_decay=2e-5,
-            weight_decay_exclude=(),  # Regexes over '/'-joined param paths; 1-D never decays.
+            # Regexes over '/'-joined param paths: decayed = matches an include, no exclude.
+            weight_decay_include=(r"(^|/)kernel$",),  # conv and dense kernels (optim.KERNELS)
+            weight_decay_exclude=(),
             agc_clip=ml_collections.FieldReference(0.01, field_type=float),  # None: no AGC.
             agc_eps=1e-3,
             agc_exclude=(r"^head/kernel$",),

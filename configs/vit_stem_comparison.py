@@ -12,6 +12,7 @@ paper's; the recipe otherwise follows configs/vit.py (cosine, 5 % warm-up, label
 """
 
 from configs.common import DATA_ARGS, base_config, data_config, parse_arg
+from configs.vit import DECAYED
 
 _SIZE = dict(width=64, mlp_dim=192, num_heads=4, patch_size=4)
 
@@ -32,6 +33,7 @@ def get_config(arg=None):
     c.total_epochs = a.epochs
     c.optimizer.reference_batch_size = 128
     c.optimizer.agc_clip = None
+    c.optimizer.weight_decay_include = DECAYED
     c.optimizer.warmup_epochs = 0.05 * a.epochs
     if a.opt == "sgd":
         c.optimizer.name = "sgd_agc"

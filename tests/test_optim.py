@@ -100,21 +100,13 @@ def test_agc_leaves_head_kernel_but_clips_head_bias():
                                rtol=1e-5)
 
 
-def test_weight_decay_mask():
-    params = {"a": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2), "scale": jnp.ones(())},
-              "pos_embedding": jnp.ones((1, 4, 2))}
-    mask = optim.weight_decay_mask(exclude=(r"pos_embedding",))(params)
-    assert mask == {"a": {"kernel": True, "bias": False, "scale": False},
-                    "pos_embedding": False}
-
-
 def test_adamw_decay_is_decoupled_and_masked():
-    params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 2.0)}
+    params = {"dense": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}}
     zero = jax.tree.map(jnp.zeros_like, params)
     opt = optim.adamw(0.1, weight_decay=0.5)
     updates, _ = opt.update(zero, opt.init(params), params)
-    np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * 2.0)  # lr * wd * w
-    np.testing.assert_allclose(updates["b"], 0.0)
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * 0.5 * 2.0)  # lr * wd * w
+    np.testing.assert_allclose(updates["dense"]["bias"], 0.0)
 
 
 def test_schedule_warmup_then_cosine_to_zero():
