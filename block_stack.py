@@ -91,7 +91,8 @@ def repeat(
     """Applies `len(names)` blocks `block(**fields)` in turn, block i called as
     `block(x, *(column[i] for column in inputs), train)`.
 
-    Unrolled, block i is the submodule `names[i]` and receives Python floats. Scanned, one
+    Unrolled, block i is the submodule `names[i]` and receives Python floats (traced scalars
+    when rematerialised). Scanned, one
     submodule `scanned_name` holds every block's variables stacked, and the inputs arrive as
     traced float32 scalars (so blocks must not branch on them); each block draws its own
     'dropout' randomness. Must be called from a compact method.
