@@ -29,6 +29,7 @@ substitute is masked out.
 """
 
 import dataclasses
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -43,6 +44,19 @@ import augment
 import data_sources
 
 Batch = dict[str, np.ndarray]
+
+
+def keep_tensorflow_on_the_host() -> None:
+    """Makes only the CPUs visible to TensorFlow, which runs this pipeline on the host: on a GPU
+    machine it would otherwise reserve most of every GPU's memory, which JAX needs."""
+    try:
+        tf.config.set_visible_devices(tf.config.list_physical_devices("CPU"))
+    except RuntimeError as error:  # TensorFlow ran an op before this module was imported.
+        logging.warning("TensorFlow's devices were already initialised; it may hold "
+                        "accelerator memory (%s). Import input_pipeline before using it.", error)
+
+
+keep_tensorflow_on_the_host()
 
 # Salts that keep the random streams derived from one user seed apart.
 _ORDER_SALT = 0x5EED0

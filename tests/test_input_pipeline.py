@@ -378,3 +378,21 @@ def test_iterator_counts_replacements_per_slot():
     )
     assert sorted(got) == ["image", "index", "label", "replaced"]
     assert got["replaced"].dtype == bool and got["replaced"].shape == (4,)
+
+
+def test_tensorflow_is_kept_off_the_accelerators(monkeypatch, caplog):
+    """On a GPU machine TensorFlow sees only the CPUs; if it initialised its devices first, the
+    run says so."""
+    devices = {"CPU": ["cpu:0"], "GPU": ["gpu:0", "gpu:1"]}
+    visible = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices[kind])
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda d, kind=None: visible.append(d))
+    ip.keep_tensorflow_on_the_host()
+    assert visible == [["cpu:0"]]
+
+    def too_late(devices, kind=None):
+        raise RuntimeError("Visible devices cannot be modified after being initialized")
+
+    monkeypatch.setattr(tf.config, "set_visible_devices", too_late)
+    ip.keep_tensorflow_on_the_host()
+    assert "already initialised" in caplog.text
