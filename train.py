@@ -269,8 +269,24 @@ def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str
 # ----------------------------------------------------------------------------------------------
 
 
+def enable_compilation_cache(config, workdir: str) -> str | None:
+    """Turns JAX's persistent compilation cache on, in config.compilation_cache_dir (default
+    WORKDIR/compilation_cache; 'none': off), so that a restart of the run reuses the compiled
+    steps. A directory already chosen (JAX_COMPILATION_CACHE_DIR) is kept. Returns the one
+    in use."""
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    directory = config.get("compilation_cache_dir", "")
+    if directory == "none":
+        return None
+    directory = directory or os.path.join(workdir, "compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False):
     distributed.maybe_initialize()
+    enable_compilation_cache(config, workdir)
     try:
         mesh = sharding.create_mesh(dict(config.mesh))
     except ValueError as error:

@@ -137,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.async_checkpointing = True
+    # JAX's persistent compilation cache, so that a restarted run does not compile again:
+    # '' is WORKDIR/compilation_cache, 'none' turns it off; JAX_COMPILATION_CACHE_DIR wins.
+    c.compilation_cache_dir = ""
     # Write DIR/example_indices.jsonl (every batch's source indices) to audit data order.
     c.log_example_indices = False
     # Peak FLOP/s per device for MFU; None looks the device up in hardware.py.

@@ -215,3 +215,20 @@ def test_batchnorm_model_trains_through_the_same_loop(workdir):
     stats = jax.tree.leaves(state.batch_stats)
     assert stats and any(np.any(np.asarray(s) != 0) for s in stats)
     assert np.isfinite(metrics(workdir)[-1]["eval_loss"])
+
+
+def test_compilation_cache_defaults_to_the_workdir(tmp_path):
+    """A restart reuses the compiled steps from WORKDIR/compilation_cache unless the config
+    says 'none'; a directory chosen through JAX_COMPILATION_CACHE_DIR wins."""
+    chosen = jax.config.jax_compilation_cache_dir  # the test run's (conftest.py)
+    assert train.enable_compilation_cache(small_config(), str(tmp_path)) == chosen
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        off = small_config(compilation_cache_dir="none")
+        assert train.enable_compilation_cache(off, str(tmp_path)) is None
+        assert not jax.config.jax_compilation_cache_dir
+        expected = os.path.join(str(tmp_path), "compilation_cache")
+        assert train.enable_compilation_cache(small_config(), str(tmp_path)) == expected
+        assert jax.config.jax_compilation_cache_dir == expected
+    finally:
+        jax.config.update("jax_compilation_cache_dir", chosen)
