@@ -195,9 +195,15 @@ def read_csv(path: str | pathlib.Path) -> list[dict]:
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
             raise RunsError(f"{path} lacks the column(s) {missing}; regenerate it with `collect`.")
-        raw = list(reader)
+        raw = [(reader.line_num, record) for record in reader]
     rows, problems = [], []
-    for line, record in enumerate(raw, start=2):  # line 1 is the header
+    width = len(reader.fieldnames)
+    for line, record in raw:
+        extra, short = record.get(None), None in record.values()
+        if extra or short:  # csv.DictReader keeps surplus fields under None, fills short rows
+            fields = width + len(extra) if extra else sum(v is not None for v in record.values())
+            problems.append(f"line {line}: {fields} fields where the header has {width}")
+            continue
         row = {}
         for column in COLUMNS:
             try:

@@ -107,6 +107,22 @@ def test_bad_rows_are_listed_with_what_they_need(tmp_path):
     assert "line 2" not in message
 
 
+def test_ragged_rows_are_named_by_line(tmp_path):
+    make_workdir(tmp_path, "a")
+    rows, _ = runs.collect([tmp_path / "a"])
+    runs.write_csv(rows * 2, tmp_path / "runs.csv")
+    lines = (tmp_path / "runs.csv").read_text().splitlines()
+    width = len(runs.COLUMNS)
+    lines[1] = lines[1].rsplit(",", 2)[0]  # two fields short
+    lines[2] += ",surplus"
+    (tmp_path / "runs.csv").write_text("\n".join(lines) + "\n\n")  # a blank line is ignored
+    with pytest.raises(runs.RunsError) as err:
+        runs.read_csv(tmp_path / "runs.csv")
+    message = str(err.value)
+    assert f"line 2: {width - 2} fields where the header has {width}" in message
+    assert f"line 3: {width + 1} fields where the header has {width}" in message
+
+
 def test_collect_command_writes_the_csv(tmp_path, capsys):
     make_workdir(tmp_path, "a")
     make_workdir(tmp_path, "c", finished=False)
