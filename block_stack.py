@@ -115,6 +115,35 @@ def repeat(
     return x
 
 
+def stage(
+    block,
+    fields: dict,
+    x: jax.Array,
+    inputs: Sequence[Sequence[float]],
+    train: bool,
+    *,
+    index: int,
+    first_stride: int,
+    scan: bool,
+    remat_policy: str | None,
+) -> jax.Array:
+    """ConvNet stage `index`, one block per entry of each column of `inputs`: the first block,
+    which changes stride (`first_stride`) or width, on its own as 'stage<index>_block0', then
+    the others (stride 1) through `repeat`, unrolled ('stage<index>_block<b>') or scanned
+    ('stage<index>_blocks'); every block rematerialised under `remat_policy` (None: not)."""
+    num_inputs = len(inputs)
+    first = block_type(block, remat_policy=remat_policy, in_scan=False, num_inputs=num_inputs)
+    x, _ = first(stride=first_stride, name=f"stage{index}_block0", **fields)(
+        x, *(column[0] for column in inputs), train
+    )
+    return repeat(
+        block_type(block, remat_policy=remat_policy, in_scan=scan, num_inputs=num_inputs),
+        dict(fields, stride=1), x, [column[1:] for column in inputs], train, scan=scan,
+        names=[f"stage{index}_block{b}" for b in range(1, len(inputs[0]))],
+        scanned_name=f"stage{index}_blocks",
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Converting ConvNet variables between the two layouts.
 # ----------------------------------------------------------------------------------------------

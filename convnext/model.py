@@ -303,11 +303,6 @@ class ConvNeXt(nn.Module):
             )
         x = self._stem(images.astype(self.dtype), train)
 
-        policy = self.remat_policy if self.remat else None
-        first_block, block = (
-            block_stack.block_type(Block, remat_policy=policy, in_scan=in_scan, num_inputs=1)
-            for in_scan in (False, self.scan)
-        )
         rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
         first = 0
         for stage, (depth, width) in enumerate(zip(self.depths, self.widths, strict=True)):
@@ -340,14 +335,10 @@ class ConvNeXt(nn.Module):
                 batch_norm_axis_name=self.batch_norm_axis_name,
             )
             strided = self.downsampling == "block" and stage > 0
-            x, _ = first_block(stride=2 if strided else 1, name=f"stage{stage}_block0", **fields)(
-                x, rates[first], train
-            )
-            x = block_stack.repeat(
-                block, dict(fields, stride=1), x, (rates[first + 1 : first + depth],), train,
-                scan=self.scan,
-                names=[f"stage{stage}_block{b}" for b in range(1, depth)],
-                scanned_name=f"stage{stage}_blocks",
+            x = block_stack.stage(
+                Block, fields, x, (rates[first : first + depth],), train, index=stage,
+                first_stride=2 if strided else 1, scan=self.scan,
+                remat_policy=self.remat_policy if self.remat else None,
             )
             first += depth
 

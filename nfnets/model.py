@@ -181,11 +181,6 @@ class NFNet(nn.Module):
             stride = 2 if i in (0, len(stem) - 1) else 1
             x = self._conv(features, 3, f"stem_conv{i}", stride)(x)
 
-        policy = self.remat_policy if self.remat else None
-        first_block, block = (
-            block_stack.block_type(NFBlock, remat_policy=policy, in_scan=in_scan, num_inputs=2)
-            for in_scan in (False, self.scan)
-        )
         betas = block_betas(self.depths, self.alpha)
         num_blocks = sum(self.depths)
         # Linear in the block index over the whole network (reference).
@@ -205,15 +200,11 @@ class NFNet(nn.Module):
                 weight_standardization=self.weight_standardization,
                 dtype=self.dtype,
             )
-            x, _ = first_block(stride=STAGE_STRIDES[stage], name=f"stage{stage}_block0", **fields)(
-                x, betas[first], rates[first], train
-            )
-            rest = slice(first + 1, first + depth)
-            x = block_stack.repeat(
-                block, dict(fields, stride=1), x, (betas[rest], rates[rest]), train,
-                scan=self.scan,
-                names=[f"stage{stage}_block{b}" for b in range(1, depth)],
-                scanned_name=f"stage{stage}_blocks",
+            blocks = slice(first, first + depth)
+            x = block_stack.stage(
+                NFBlock, fields, x, (betas[blocks], rates[blocks]), train, index=stage,
+                first_stride=STAGE_STRIDES[stage], scan=self.scan,
+                remat_policy=self.remat_policy if self.remat else None,
             )
             first += depth
 
