@@ -149,6 +149,18 @@ def stage(
 # ----------------------------------------------------------------------------------------------
 
 
+def stack(blocks: Sequence) -> dict:
+    """Variable trees of blocks with one structure -> one tree, each leaf stacked along a new
+    leading (depth) axis, as `nn.scan` keeps them."""
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
+
+
+def unstack(stacked) -> list:
+    """Inverse of `stack`: one tree per slice of the leading axis."""
+    depth = len(jax.tree.leaves(stacked)[0])
+    return [jax.tree.map(lambda v, b=b: v[b], stacked) for b in range(depth)]
+
+
 def has_stacked_stages(tree) -> bool:
     return any(_STAGE_STACK.fullmatch(k) for k in tree)
 
@@ -169,10 +181,7 @@ def stack_stages(tree: dict) -> dict:
     for stage, blocks in stages.items():
         if sorted(blocks) != list(range(1, len(blocks) + 1)):
             raise ValueError(f"{stage} has blocks {sorted(blocks)}, not 1..{len(blocks)}.")
-        ordered = [blocks[b] for b in range(1, len(blocks) + 1)]
-        out[f"{stage}_blocks"] = jax.tree.map(
-            lambda *xs: np.stack([np.asarray(v) for v in xs]), *ordered
-        )
+        out[f"{stage}_blocks"] = stack([blocks[b] for b in range(1, len(blocks) + 1)])
     return out
 
 
@@ -184,9 +193,8 @@ def unstack_stages(tree: dict) -> dict:
         if not match:
             out[key] = value
             continue
-        depth = len(jax.tree.leaves(value)[0])
-        for b in range(depth):
-            out[f"{match[1]}_block{b + 1}"] = jax.tree.map(lambda v, b=b: v[b], value)
+        for b, block in enumerate(unstack(value)):
+            out[f"{match[1]}_block{b + 1}"] = block
     return out
 
 

@@ -270,9 +270,8 @@ def stack_blocks(params: dict) -> dict:
     depth = sum(1 for k in params if k.startswith("block_"))
     if depth == 0:
         raise ValueError("These params hold no 'block_<i>' entries; are they already stacked?")
-    blocks = [params[f"block_{i}"] for i in range(depth)]
     out = {k: v for k, v in params.items() if not k.startswith("block_")}
-    out["blocks"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
+    out["blocks"] = block_stack.stack([params[f"block_{i}"] for i in range(depth)])
     return out
 
 
@@ -280,10 +279,9 @@ def unstack_blocks(params: dict) -> dict:
     """Inverse of `stack_blocks` (big_vision's `scan_to_pyloop`)."""
     if "blocks" not in params:
         raise ValueError("These params hold no 'blocks' entry; are they already unstacked?")
-    depth = len(jax.tree.leaves(params["blocks"])[0])
     out = {k: v for k, v in params.items() if k != "blocks"}
-    for i in range(depth):
-        out[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+    for i, block in enumerate(block_stack.unstack(params["blocks"])):
+        out[f"block_{i}"] = block
     return out
 
 
