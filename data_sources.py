@@ -352,7 +352,7 @@ def local_data_dir(data_config) -> str:
 
 
 def open_source(data_config, split: str) -> RandomAccessSource:
-    """The source of `split` for `config.data` (see `input_pipeline.default_data_config`)."""
+    """The source of `split` for `config.data` (see `data_config.default_data_config`)."""
     name = data_config.name
     if name == SYNTHETIC:
         synthetic = data_config.synthetic

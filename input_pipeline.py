@@ -18,7 +18,7 @@ Augmentation. Slot `i` of step `s` is augmented with the stateless seed derived 
 Batches are dicts of numpy arrays: `image` uint8 (b, R, R, 3), `label` int32, `index` int64 (the
 source record each slot reads; -1 for evaluation padding), `replaced` bool (the slot read a
 substitute for a corrupt record), and for evaluation `mask` bool (the slot holds a real
-example). Images stay uint8 on the host; `normalize` runs on device.
+example). Images stay uint8 on the host; `data_config.normalize` runs on device.
 
 Corrupt records. A record whose preprocessing fails (e.g. an undecodable image) stops the run
 with `CorruptRecordError` naming it (`corrupt_records='error'`), or (`'replace'`) is substituted
@@ -35,8 +35,6 @@ import re
 from collections.abc import Callable, Iterator
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -63,66 +61,6 @@ _ORDER_SALT = 0x5EED0
 _AUGMENT_SALT = 0xA06
 
 CORRUPT_RECORD_MODES = ("error", "replace")
-
-# Per-dataset values that differ from the defaults of `default_data_config`.
-DATASET_PRESETS = {
-    "imagenet2012": dict(num_classes=1000, train_split="train", eval_split="validation"),
-    # Quickstart demo: scikit-learn's bundled 8x8 digits, upsampled to 32 px. No flips (digits
-    # are not mirror-symmetric) and mild crops; mean and std of the training pixels / 255.
-    "digits": dict(
-        num_classes=10,
-        train_split="train",
-        eval_split="test",
-        train_resolution=32,
-        eval_resolution=32,
-        eval_crop_ratio=1.0,
-        crop_area_range=(0.64, 1.0),
-        random_flip=False,
-        mean=(0.305, 0.305, 0.305),
-        std=(0.376, 0.376, 0.376),
-    ),
-    "synthetic": dict(num_classes=1000, train_split="train", eval_split="validation"),
-}
-
-
-def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict:
-    """`config.data` with documented defaults (ImageNet-style), updated by `DATASET_PRESETS`."""
-    config = ml_collections.ConfigDict(
-        dict(
-            # A TFDS name (prepared as ArrayRecord), 'image_folder' (data_dir/split/class/*.jpg),
-            # 'npz' (data_dir/split.npz with `image`, `label`), 'digits' or 'synthetic'.
-            name=name,
-            data_dir=ml_collections.config_dict.placeholder(str),  # None: TFDS's default
-            train_split="train",
-            eval_split="validation",
-            image_key="image",  # TFDS feature names.
-            label_key="label",
-            num_classes=1000,  # 0: from the data (class folders, or TFDS's label feature).
-            train_resolution=224,
-            eval_resolution=256,  # Smith et al. 2023: 224 px train, 256 px eval.
-            eval_crop_ratio=0.875,  # Eval: shorter side to resolution / ratio, centre crop.
-            interpolation="bicubic",  # As the reference NFNet pipeline.
-            # Mean and std of ImageNet pixels / 255 (per RGB channel); `normalize` uses them.
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-            # Inception crop (Szegedy et al. 2015): area fraction and aspect-ratio ranges.
-            crop_area_range=(0.08, 1.0),
-            crop_aspect_ratio_range=(3 / 4, 4 / 3),
-            random_flip=True,
-            # (layers, magnitude), e.g. (4, 15) for NFNet-F3+ (Table 1); None: off.
-            randaugment=ml_collections.config_dict.placeholder(tuple),
-            random_erasing=0.0,  # Probability; ConvNeXt uses 0.25.
-            repeated_augmentation=1,  # Augmented copies of each example per batch.
-            corrupt_records="error",  # 'error' or 'replace'.
-            num_parallel_calls=-1,  # Preprocessing threads; -1 lets tf.data tune it.
-            prefetch=2,  # Batches prepared ahead (-1: tuned by tf.data).
-            synthetic=dict(train_examples=1_281_167, eval_examples=50_000, image_size=256),
-        )
-    )
-    if name in DATASET_PRESETS:
-        config.update(DATASET_PRESETS[name])
-    return config
-
 
 def _check_config(c) -> None:
     def fail(what: str, fix: str):
@@ -558,13 +496,6 @@ def num_examples(data_config, split: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Device side.
 # ---------------------------------------------------------------------------------------------
-
-
-def normalize(images_uint8, data_config, dtype=jnp.float32) -> jax.Array:
-    """`(x / 255 - mean) / std` per RGB channel, computed in float32, returned as `dtype`."""
-    mean = 255.0 * jnp.asarray(data_config.mean, jnp.float32)
-    std = 255.0 * jnp.asarray(data_config.std, jnp.float32)
-    return ((jnp.asarray(images_uint8, jnp.float32) - mean) / std).astype(dtype)
 
 
 def to_global_batch(host_batch: Batch, sharding: jax.sharding.NamedSharding) -> dict:

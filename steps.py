@@ -16,11 +16,12 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, PartitionSpec
 
+import data_config
 import data_parallel
 import optim
 import sam
 from mixing import mix_batch
-from sharding import BATCH_AXES
+from sharding import BATCH_AXES, batch_sharding, replicated
 from vit.posemb import resize_grid
 
 
@@ -361,3 +362,42 @@ def make_eval_step(
         )(params, batch_stats, batch["image"], batch["label"], batch["mask"])
 
     return eval_step
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps of a config, as train.py runs them.
+# ----------------------------------------------------------------------------------------------
+
+
+def normalizer(config):
+    """uint8 images -> normalized images in the compute dtype."""
+    return lambda images: data_config.normalize(
+        images, config.data, jnp.dtype(config.compute_dtype)
+    )
+
+
+def jit_train_step(config, model, optimizer, schedule, mesh, state_sharding):
+    """The config's train step, jitted with the state's and the batch's shardings and the state
+    donated (also what benchmarks/ time)."""
+    step = make_train_step(
+        model, optimizer, schedule,
+        seed=config.seed,
+        num_classes=config.data.num_classes,
+        normalize=normalizer(config),
+        label_smoothing=config.label_smoothing,
+        mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
+        grad_accum_steps=config.grad_accum_steps,
+        ema_decay=config.ema_decay,
+        sam_rho=config.sam.rho,
+        sam_ascent_fraction=config.sam.ascent_fraction,
+        sam_num_groups=config.sam.num_groups,
+        mesh=mesh,
+        param_shardings=state_sharding.params,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, batch_sharding(mesh)),
+        out_shardings=(state_sharding, replicated(mesh)),
+        donate_argnums=0,
+    )

@@ -185,40 +185,6 @@ def create_model(config):
     )
 
 
-def normalizer(config):
-    """uint8 images -> normalized images in the compute dtype."""
-    return lambda images: input_pipeline.normalize(
-        images, config.data, jnp.dtype(config.compute_dtype)
-    )
-
-
-def jit_train_step(config, model, optimizer, schedule, mesh, state_sharding):
-    """The config's train step, jitted with the state's and the batch's shardings and the state
-    donated (also what benchmarks/ time)."""
-    step = steps.make_train_step(
-        model, optimizer, schedule,
-        seed=config.seed,
-        num_classes=config.data.num_classes,
-        normalize=normalizer(config),
-        label_smoothing=config.label_smoothing,
-        mixup_alpha=config.mixup_alpha,
-        cutmix_alpha=config.cutmix_alpha,
-        grad_accum_steps=config.grad_accum_steps,
-        ema_decay=config.ema_decay,
-        sam_rho=config.sam.rho,
-        sam_ascent_fraction=config.sam.ascent_fraction,
-        sam_num_groups=config.sam.num_groups,
-        mesh=mesh,
-        param_shardings=state_sharding.params,
-    )
-    return jax.jit(
-        step,
-        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-        out_shardings=(state_sharding, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-
-
 # ----------------------------------------------------------------------------------------------
 # Batches on devices, and evaluation.
 # ----------------------------------------------------------------------------------------------
@@ -347,9 +313,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                     raise ConfigError(str(error)) from None
         start_step = int(state.step)
 
-        train_step = jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
+        train_step = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         eval_step = jax.jit(
-            steps.make_eval_step(model, normalizer(config), mesh=mesh,
+            steps.make_eval_step(model, steps.normalizer(config), mesh=mesh,
                                  param_shardings=state_sharding.params),
             in_shardings=(state_sharding.params, state_sharding.batch_stats, batch_sharding),
             out_shardings=sharding.replicated(mesh),

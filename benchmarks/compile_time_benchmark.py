@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import macs  # noqa: E402
 import models  # noqa: E402
 import sharding  # noqa: E402
-import train  # noqa: E402
+import steps  # noqa: E402
 from benchmarks.train_throughput_benchmark import (  # noqa: E402
     abstract_train_state,
     make_optimizer,
@@ -109,7 +109,7 @@ def measure(spec: str, batch_per_device: int, resolution: int | None, dtype: str
     )
     state = sharding.with_shardings(abstract_state, state_sharding)
     with jax.set_mesh(mesh):
-        jitted = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
+        jitted = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         start = time.perf_counter()
         lowered = jitted.lower(state, abstract_batch(batch, resolution, mesh))
         lowering = time.perf_counter() - start

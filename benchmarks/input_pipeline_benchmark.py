@@ -24,6 +24,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import augment  # noqa: E402
+import data_config  # noqa: E402
 import data_sources  # noqa: E402
 import input_pipeline  # noqa: E402
 
@@ -88,7 +89,7 @@ def main():
     args = parser.parse_args()
 
     cores = len(os.sched_getaffinity(0))
-    config = input_pipeline.default_data_config("benchmark")
+    config = data_config.default_data_config("benchmark")
     config.update(
         train_resolution=args.resolution,
         num_classes=1,

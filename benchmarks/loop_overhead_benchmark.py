@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import input_pipeline  # noqa: E402
+import data_config  # noqa: E402
 import optim  # noqa: E402
 import steps  # noqa: E402
 import train  # noqa: E402
@@ -34,7 +34,7 @@ def benchmark_config(args):
     c = quickstart.get_config()
     c.model.name = args.model
     c.compute_dtype = args.dtype
-    c.data = input_pipeline.default_data_config("synthetic")
+    c.data = data_config.default_data_config("synthetic")
     c.data.train_resolution = c.data.eval_resolution = args.resolution
     c.data.num_classes = 1000
     c.data.synthetic.image_size = args.resolution
@@ -65,7 +65,7 @@ def bare_step_time(config, steps_to_time: int) -> float:
     state = jax.jit(lambda k: steps.create_state(model, optimizer, k, (r, r, 3), False))(
         jax.random.key(0)
     )
-    normalize = lambda x: input_pipeline.normalize(x, config.data, jnp.dtype(config.compute_dtype))
+    normalize = lambda x: data_config.normalize(x, config.data, jnp.dtype(config.compute_dtype))
     step = jax.jit(
         steps.make_train_step(model, optimizer, schedule, seed=0,
                               num_classes=config.data.num_classes, normalize=normalize),

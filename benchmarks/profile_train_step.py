@@ -193,6 +193,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def profile(ours, out: Path, steps: int, warmup: int, top: int) -> list[str]:
+    """Compiles `ours` (a train_throughput_benchmark.OurStep) ahead of time, writes its HLO,
+    traces `steps` steps after `warmup` into `out`, and returns the report's lines."""
+    with jax.set_mesh(ours.mesh):
+        traced = ours.jitted.trace(ours.state, ours.batch)
+        lowered = traced.lower()
+        compiled = lowered.compile()
+    write_hlo(out, lowered, compiled)
+    global_batch = ours.batch["image"].shape[0]
+    resolution = ours.batch["image"].shape[1]
+    model_flops = 6 * macs.model_macs(ours.model, resolution) * global_batch
+    lines = cost_summary(compiled, model_flops)
+    lines += conversion_summary(traced.jaxpr.jaxpr, global_batch, top)
+    state, batch = ours.state, ours.batch
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    with jax.profiler.trace(str(out), create_perfetto_trace=True):
+        for _ in range(steps):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+    ours.state = state  # The old state was donated.
+    lines += top_ops_summary(out, compiled.as_text(), steps, top)
+    lines.append(f"trace and HLO in {out}: tensorboard --logdir {out} "
+                 "(tensorboard-plugin-profile), or perfetto_trace.json.gz in "
+                 "https://ui.perfetto.dev")
+    return lines
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -205,29 +234,9 @@ def main(argv=None) -> None:
     target = TARGETS[args.model]
     resolution = args.resolution or target.resolution
     ours = build_ours(target, args.batch, resolution, args.dtype)
-    with jax.set_mesh(ours.mesh):
-        traced = ours.jitted.trace(ours.state, ours.batch)
-        lowered = traced.lower()
-        compiled = lowered.compile()
-    write_hlo(out, lowered, compiled)
-    global_batch = ours.batch["image"].shape[0]
     print(f"{args.model}: batch {args.batch} per device, {resolution} px, {args.dtype} on "
           f"{jax.devices()[0].device_kind} x {jax.device_count()}")
-    model_flops = 6 * macs.model_macs(ours.model, resolution) * global_batch
-    print("\n".join(cost_summary(compiled, model_flops)))
-    print("\n".join(conversion_summary(traced.jaxpr.jaxpr, global_batch, args.top)))
-
-    state, batch = ours.state, ours.batch
-    for _ in range(args.warmup):
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    with jax.profiler.trace(str(out), create_perfetto_trace=True):
-        for _ in range(args.steps):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-    print("\n".join(top_ops_summary(out, compiled.as_text(), args.steps, args.top)))
-    print(f"trace and HLO in {out}: tensorboard --logdir {out} (tensorboard-plugin-profile), "
-          "or perfetto_trace.json.gz in https://ui.perfetto.dev")
+    print("\n".join(profile(ours, out, args.steps, args.warmup, args.top)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 r"""Cost audit of the compiled train step: FLOPs, memory, collectives, against their ideals.
 
-Compiles train.py's own train step (`train.jit_train_step`: config -> model -> optimizer ->
+Compiles train.py's own train step (`steps.jit_train_step`: config -> model -> optimizer ->
 abstract train state sharded by `sharding.tree_shardings` -> jit with donation) from abstract
 shapes only, nothing allocated, on fake CPU devices or real ones, and reports per device:
 
@@ -102,6 +102,7 @@ sys.path.insert(0, str(REPO))
 import hardware  # noqa: E402
 import macs  # noqa: E402
 import sharding  # noqa: E402
+import steps  # noqa: E402
 import train  # noqa: E402
 from benchmarks.hlo_cost import (  # noqa: E402
     ACTIVATION,
@@ -303,7 +304,7 @@ def compile_step(config, model, mesh, batch: int, resolution: int):
     state = sharding.with_shardings(abstract_state, state_sharding)
     images = train.abstract_batch(batch, resolution, "replaced", sharding.batch_sharding(mesh))
     with jax.set_mesh(mesh):
-        jitted = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
+        jitted = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         compiled = jitted.lower(state, images).compile()
     return compiled, abstract_state, state_sharding
 

@@ -15,6 +15,9 @@ smoothing and stochastic-depth rate; MixUp/CutMix and EMA are off in both.
     python benchmarks/train_throughput_benchmark.py --models nfnet_tiny vit_tiny --batch 8 \
         --resolution 32 --steps 5 --warmup 3                            # minutes, on a CPU
 
+`--json FILE` writes every figure after each model; `--profile DIR` traces the slowest of ours
+(benchmarks/profile_train_step.py) and prints its top ops.
+
 Prints a table (device, model, batch per device, px, images/s per device of ours and timm,
 their ratio, MFU of both) with the targets: ratio >= 1.0; MFU >= 35% (NFNet-F0, ConvNeXt-T),
 >= 50% (ViT-B/16) on an H100. `--batch` is per device: ours trains on batch x local devices
@@ -35,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,7 +56,6 @@ import models  # noqa: E402
 import optim  # noqa: E402
 import sharding  # noqa: E402
 import steps  # noqa: E402
-import train  # noqa: E402
 from benchmarks.timm_train_step import time_steps  # noqa: E402
 from configs.convnext import convnext_config  # noqa: E402
 from configs.nfnet import nfnet_config  # noqa: E402
@@ -223,16 +226,18 @@ def build_ours(target: Target, batch: int, resolution: int, dtype: str) -> OurSt
     init, _, state_sharding = abstract_train_state(model, config, optimizer, resolution, mesh)
     with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
-        jitted = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
+        jitted = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         data = synthetic_batch(batch, resolution, config.data.num_classes, mesh)
     return OurStep(model, config, mesh, jitted, state, data)
 
 
 def measure_ours(target: Target, batch: int, resolution: int, dtype: str, warmup: int,
-                 count: int) -> dict:
+                 count: int) -> tuple[dict, OurStep]:
+    """(timings, the step timed)."""
     ours = build_ours(target, batch, resolution, dtype)
     first, step_time = time_steps(ours.run, jax.block_until_ready, warmup, count)
-    return {"first_step_s": first, "step_time": step_time, "devices": ours.mesh.devices.size}
+    timings = {"first_step_s": first, "step_time": step_time, "devices": ours.mesh.devices.size}
+    return timings, ours
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,6 +358,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: this one)")
     parser.add_argument("--peak_flops", type=float, default=None,
                         help="peak FLOP/s per device (default: hardware.py's table)")
+    parser.add_argument("--json", default=None,
+                        help="also write every figure to this JSON file (after each model)")
+    parser.add_argument("--profile", default=None,
+                        help="directory for a jax.profiler trace (and HLO) of the slowest of "
+                        "ours, with its top ops printed (benchmarks/profile_train_step.py)")
+    parser.add_argument("--profile_top", type=int, default=15, help="rows of the profile")
     return parser.parse_args(argv)
 
 
@@ -369,8 +380,9 @@ def plan_rows(args, batch: int, device: str, accelerator: bool) -> list[dict]:
     return rows
 
 
-def run_timm(rows: list[dict], args, python: str) -> None:
-    for row in rows:
+def measure_row(row: dict, args, python: str | None, peak: float | None) -> None:
+    """timm's step (first: JAX keeps the GPU memory it takes), then ours, into `row`."""
+    if python:
         spec = timm_spec(row["target"], row["batch"], row["resolution"], args.dtype,
                          args.warmup, args.steps, not args.no_compile)
         result = measure_timm(spec, python)
@@ -379,17 +391,59 @@ def run_timm(rows: list[dict], args, python: str) -> None:
             print(f"{row['name']}: timm's step failed: {result['error']}")
         else:
             row["timm"] = result
+    row["ours"], ours = measure_ours(row["target"], row["batch"], row["resolution"], args.dtype,
+                                     args.warmup, args.steps)
+    if args.profile:
+        row["step"] = ours  # Kept for the profile of the slowest.
+    row["mfu_ours"] = mfu(row["macs"], row["batch"], row["ours"]["step_time"], peak)
+    if "timm" in row:
+        row["mfu_timm"] = mfu(row["macs"], row["batch"], row["timm"]["step_time"], peak)
+    else:
+        row.setdefault("timm_note", "no timm")
 
 
-def run_ours(rows: list[dict], args, peak: float | None) -> None:
+def ratio(row: dict) -> float | None:
+    """Ours / timm in images/s (timm's step time over ours)."""
+    return row["timm"]["step_time"] / row["ours"]["step_time"] if "timm" in row else None
+
+
+def slowest(rows: list[dict]) -> dict:
+    """The row of ours furthest behind: lowest ours / timm, else lowest MFU against its target,
+    else the longest step."""
+    if all(ratio(r) is not None for r in rows):
+        return min(rows, key=ratio)
+    if all(r["mfu_ours"] is not None and r["target_mfu"] for r in rows):
+        return min(rows, key=lambda r: r["mfu_ours"] / r["target_mfu"])
+    return max(rows, key=lambda r: r["ours"]["step_time"])
+
+
+def summary(rows: list[dict], args, device: str, peak: float | None) -> dict:
+    """Every figure of the run as plain JSON."""
+    keep = ("name", "batch", "resolution", "macs", "ours", "timm", "timm_note", "mfu_ours",
+            "mfu_timm", "target_mfu")
+    out = []
     for row in rows:
-        row["ours"] = measure_ours(row["target"], row["batch"], row["resolution"], args.dtype,
-                                   args.warmup, args.steps)
-        row["mfu_ours"] = mfu(row["macs"], row["batch"], row["ours"]["step_time"], peak)
+        r = {k: row[k] for k in keep if k in row}
+        if "ours" in row:
+            r["images_per_s_ours"] = row["batch"] / row["ours"]["step_time"]
+            r["ours_over_timm"] = ratio(row)
         if "timm" in row:
-            row["mfu_timm"] = mfu(row["macs"], row["batch"], row["timm"]["step_time"], peak)
-        if "timm" not in row:
-            row.setdefault("timm_note", "no timm")
+            r["images_per_s_timm"] = row["batch"] / row["timm"]["step_time"]
+        out.append(r)
+    return dict(jax=jax.__version__, device=device, peak_flops=peak, dtype=args.dtype,
+                steps=args.steps, warmup=args.warmup, timm_compiled=not args.no_compile,
+                rows=out)
+
+
+def write_profile(rows: list[dict], args) -> None:
+    from benchmarks.profile_train_step import profile  # It imports this module.
+
+    row = slowest(rows)
+    out = Path(args.profile).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"\nprofile of the slowest of ours, {row['name']} "
+          f"(batch {row['batch']} per device, {row['resolution']} px):")
+    print("\n".join(profile(row["step"], out, steps=3, warmup=1, top=args.profile_top)))
 
 
 def print_report(rows: list[dict], args, accelerator: bool) -> None:
@@ -422,11 +476,16 @@ def main(argv=None) -> list[dict]:
     print(f"jax {jax.__version__} on {device} ({jax.default_backend()} backend); {timm_note}")
     if not accelerator:
         print("CPU: not a performance figure (the code path is the one measured on a GPU).")
+    if args.profile:  # The profile compiles the step again: from this cache.
+        jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jax-cache-"))
     rows = plan_rows(args, batch, device, accelerator)
-    if has_timm:
-        run_timm(rows, args, python)  # First: JAX keeps the GPU memory it takes.
-    run_ours(rows, args, peak)
+    for row in rows:
+        measure_row(row, args, python if has_timm else None, peak)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary(rows, args, device, peak), indent=1))
     print_report(rows, args, accelerator)
+    if args.profile:
+        write_profile(rows, args)
     return rows
 
 

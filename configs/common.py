@@ -13,7 +13,7 @@ import ast
 
 import ml_collections
 
-import input_pipeline
+from data_config import DATASET_PRESETS, default_data_config
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -40,7 +40,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 # The data arguments of every model config, for `parse_arg(arg, **DATA_ARGS, ...)`: a dataset
-# name (`input_pipeline.default_data_config`, its preset applied), its directory and class count.
+# name (`data_config.default_data_config`, its preset applied), its directory and class count.
 DATA_ARGS = dict(data="", data_dir="", classes=0)
 
 
@@ -50,12 +50,12 @@ def data_config(
     """`config.data` for the parsed DATA_ARGS `a` (`a.data` '' means `default`). Without
     `classes=`, num_classes is the preset's, or 0 (from the source) for a dataset without one."""
     name = a.data or default
-    data = input_pipeline.default_data_config(name)
+    data = default_data_config(name)
     if a.data_dir:
         data.data_dir = a.data_dir
     if a.classes > 0:
         data.num_classes = a.classes
-    elif "num_classes" not in input_pipeline.DATASET_PRESETS.get(name, {}):
+    elif "num_classes" not in DATASET_PRESETS.get(name, {}):
         data.num_classes = 0
     return data
 
@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.compute_dtype = "bfloat16"  # Activations; params and optimizer state stay float32.
-    c.data = input_pipeline.default_data_config()
+    c.data = default_data_config()
     # Training length: total_epochs over num_train_examples (-1: the train split's size).
     c.num_train_examples = -1
     c.total_epochs = 1.0

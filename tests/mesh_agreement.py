@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optim  # noqa: E402
 import sharding  # noqa: E402
+import steps  # noqa: E402
 import train  # noqa: E402
 from benchmarks.train_throughput_benchmark import abstract_train_state  # noqa: E402
 from configs import quickstart  # noqa: E402
@@ -60,7 +61,7 @@ def one_step(config, mesh_shape, devices, batch):
     init, _, state_sharding = abstract_train_state(model, config, optimizer, RESOLUTION, mesh)
     with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
-        step = train.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
+        step = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
     return jax.device_get((metrics, state.params, state.batch_stats))
 

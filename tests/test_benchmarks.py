@@ -1,8 +1,12 @@
 """Smoke tests of the performance benchmarks on tiny models (CPU, no timings asserted)."""
 
 import importlib.util
+import json
+import subprocess
 import sys
+from pathlib import Path
 
+import jax
 import pytest
 
 from benchmarks import compile_time_benchmark, profile_train_step, timm_train_step
@@ -30,11 +34,31 @@ def test_throughput_prints_the_table(capsys):
         assert out.count("| no timm | n/a |") == 2
 
 
-def test_throughput_without_timm_measures_ours_only(capsys):
-    (row,) = throughput.main(["--models", "convnext_test", "--no_timm", *TINY])
+def test_throughput_without_timm_writes_json_and_profiles_the_slowest(tmp_path, capsys):
+    figures, trace = tmp_path / "figures.json", tmp_path / "profile"
+    (row,) = throughput.main(["--models", "convnext_test", "--no_timm", *TINY,
+                              "--json", str(figures), "--profile", str(trace)])
     out = capsys.readouterr().out
     assert "timm not measured: --no_timm" in out and "| no timm | n/a |" in out
     assert row["ours"]["step_time"] > 0 and "timm" not in row
+    written = json.loads(figures.read_text())
+    assert written["jax"] == jax.__version__ and written["dtype"] == "bfloat16"
+    (entry,) = written["rows"]
+    assert entry["name"] == "convnext_test" and entry["ours_over_timm"] is None
+    assert entry["images_per_s_ours"] == pytest.approx(2 / row["ours"]["step_time"])
+    assert "profile of the slowest of ours, convnext_test" in out and "XLA cost analysis" in out
+    assert list(trace.rglob("*.xplane.pb")) and (trace / "train_step.optimized.hlo.txt").exists()
+
+
+def test_slowest_is_furthest_behind_timm_else_its_mfu_target():
+    a = dict(name="a", ours={"step_time": 1.0}, timm={"step_time": 2.0}, mfu_ours=0.2,
+             target_mfu=0.5)
+    b = dict(name="b", ours={"step_time": 1.0}, timm={"step_time": 1.5}, mfu_ours=0.4,
+             target_mfu=0.5)
+    assert throughput.slowest([a, b])["name"] == "b"  # 1.5x timm against a's 2x.
+    for row in (a, b):
+        del row["timm"]
+    assert throughput.slowest([a, b])["name"] == "a"  # 40% of its MFU target against 80%.
 
 
 @pytest.mark.skipif(HAS_TIMM, reason="checks the message where torch is not installed")
@@ -97,3 +121,23 @@ def test_profile_writes_trace_and_hlo(tmp_path, capsys):
     assert (tmp_path / "train_step.optimized.hlo.txt").read_text().startswith("HloModule")
     assert (tmp_path / "train_step.stablehlo.mlir").exists()
     assert list(tmp_path.rglob("perfetto_trace.json.gz"))
+
+
+def test_configs_and_the_benchmarked_step_load_without_tensorflow():
+    # Accelerator images (e.g. CUDA ones with jax, torch and timm) often lack TensorFlow: only the
+    # input pipeline may need it.
+    blocker = (
+        "import sys\n"
+        "class NoTensorFlow:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in ('tensorflow', 'tensorflow_datasets'):\n"
+        "            raise ImportError(name + ' is blocked')\n"
+        "sys.meta_path.insert(0, NoTensorFlow())\n"
+        "import benchmarks.train_throughput_benchmark, benchmarks.profile_train_step\n"
+        "import configs.nfnet_f7plus, configs.convnext_xlarge, configs.vit_c_4gf\n"
+        "import configs.quickstart, configs.finetune_nfnet\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", blocker], cwd=repo, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import data_config
 import data_sources
 import input_pipeline as ip
 
@@ -75,7 +76,7 @@ def test_missing_dataset_split_or_name_say_what_to_do(tmp_path):
 
 
 def test_tfds_mock_data_flows_through_the_train_pipeline():
-    config = ip.default_data_config("mnist")
+    config = data_config.default_data_config("mnist")
     config.update(num_classes=10, train_resolution=8, eval_resolution=8, num_parallel_calls=2)
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
         assert ip.num_examples(config, "train") == 10
@@ -100,7 +101,7 @@ def test_image_folder_source(tmp_path):
                 encode(noise(9, 7, i)).numpy()
             )
     (root / "cat" / "notes.txt").write_text("not an image")
-    config = ip.default_data_config("image_folder")
+    config = data_config.default_data_config("image_folder")
     config.update(data_dir=str(tmp_path), num_classes=2, train_resolution=6, eval_split="train")
     source = data_sources.open_source(config, "train")
     assert source.classes == ["ant", "cat"] and len(source) == 4
@@ -119,7 +120,7 @@ def test_image_folder_source(tmp_path):
 def test_npz_and_array_sources(tmp_path):
     images = np.stack([noise(5, 5, i) for i in range(3)])
     np.savez(tmp_path / "train.npz", image=images, label=np.array([2, 0, 1]))
-    config = ip.default_data_config("npz")
+    config = data_config.default_data_config("npz")
     config.data_dir = str(tmp_path)
     source = data_sources.open_source(config, "train")
     got, labels = source.read(np.array([2, 0]))
@@ -145,7 +146,7 @@ def test_synthetic_images_are_a_function_of_seed_and_index():
 
 
 def test_digits_demo_is_bundled_and_learnable():
-    config = ip.default_data_config("digits")
+    config = data_config.default_data_config("digits")
 
     def features(split):
         config.eval_split = split

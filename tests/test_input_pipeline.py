@@ -7,6 +7,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import data_config
 import data_sources
 import input_pipeline as ip
 
@@ -16,7 +17,7 @@ SLOW_EXAMPLES = settings(
 
 
 def small_config(**overrides):
-    config = ip.default_data_config("test")
+    config = data_config.default_data_config("test")
     config.update(
         dict(num_classes=7, train_resolution=8, eval_resolution=8, num_parallel_calls=2),
         **overrides,
@@ -320,14 +321,14 @@ def test_batch_must_split_evenly_over_hosts():
 
 
 def test_default_config_and_presets():
-    config = ip.default_data_config()
+    config = data_config.default_data_config()
     assert config.name == "imagenet2012" and config.num_classes == 1000
     assert config.corrupt_records == "error" and config.randaugment is None
     config.randaugment = (4, 15)  # Configs may turn RandAugment on.
-    digits = ip.default_data_config("digits")
+    digits = data_config.default_data_config("digits")
     assert digits.num_classes == 10 and digits.eval_split == "test"
     assert ip.num_examples(digits, "train") == 1500 and ip.num_examples(digits, "test") == 297
-    synthetic = ip.default_data_config("synthetic")
+    synthetic = data_config.default_data_config("synthetic")
     synthetic.synthetic.eval_examples = 17
     assert ip.num_examples(synthetic, "validation") == 17
 
@@ -335,11 +336,12 @@ def test_default_config_and_presets():
 def test_normalize_matches_its_formula():
     config = small_config()
     images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 1, 3, 3) * 10
-    got = ip.normalize(images, config)
+    got = data_config.normalize(images, config)
     expected = (images / 255.0 - np.array(config.mean)) / np.array(config.std)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
     assert got.dtype == np.float32
-    assert ip.normalize(images, config, dtype=jax.numpy.bfloat16).dtype == jax.numpy.bfloat16
+    bf16 = jax.numpy.bfloat16
+    assert data_config.normalize(images, config, dtype=bf16).dtype == bf16
 
 
 def test_to_global_batch_shards_the_batch_axis():

@@ -22,6 +22,7 @@ import data_sources
 import input_pipeline as ip
 import train
 from configs import quickstart
+from data_config import default_data_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ def image_folder(root, *, classes=NUM_CLASSES, per_class=2, splits=("train", "te
 
 
 def data_config(name="image_folder", **changes):
-    config = ip.default_data_config("digits")
+    config = default_data_config("digits")
     config.update(dict(name=name, eval_split="test", num_parallel_calls=2), **changes)
     return config
 
