@@ -1,13 +1,15 @@
-"""`python -m scaling {compute,collect,fit,chinchilla,lr,sweep,plot}`: the package's commands."""
+"""`python -m scaling {compute,collect,fit,chinchilla,lr,sweep,plot,synthetic}`: the commands."""
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 
 import hardware
 from scaling import (
     analysis,
+    bands,
     chinchilla_data,
     compute,
     fit_chinchilla,
@@ -15,8 +17,11 @@ from scaling import (
     learning_rate,
     paper_models,
     plots,
+    reference_points,
     runs,
     sweep,
+    synthetic,
+    synthetic_finetune,
 )
 from scaling.fit_chinchilla import FitError
 
@@ -24,9 +29,25 @@ from scaling.fit_chinchilla import FitError
 # its cell around the optimum of the Chinchilla data (32 starts, for quick looks and tests).
 LAW_GRIDS = {
     "full": {},
+    # Every other value of each axis of the full grid: 3 x 3 x 3 x 3 x 3 = 243 starts, ~1/20 the
+    # time; the default of `fit`.
+    "coarse": dict(
+        a=(0.0, 10.0, 20.0),
+        b=(0.0, 10.0, 20.0),
+        e=(-1.0, 0.0, 1.0),
+        alpha=(0.0, 1.0, 2.0),
+        beta=(0.0, 1.0, 2.0),
+    ),
     "cell": dict(a=(5.0, 10.0), b=(5.0, 10.0), e=(0.0, 0.5), alpha=(0.0, 0.5), beta=(0.0, 0.5)),
 }
-FIGURES = ("loss_vs_compute", "optimal_lr", "top1_vs_compute")
+FIGURES = ("loss_vs_compute", "optimal_allocation", "optimal_lr", "finetune_top1_vs_compute")
+
+
+def _grid_help() -> str:
+    return "; ".join(
+        f"{name} ({len(fit_chinchilla.start_grid(**axes))} starts)"
+        for name, axes in LAW_GRIDS.items()
+    )
 
 
 def _law_starts(name: str):
@@ -85,13 +106,21 @@ def cmd_compute(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    rows, skipped = runs.collect(args.workdirs)
+    rows, finetuned, skipped = runs.collect_all(args.workdirs)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    if not rows:
+    if not rows and not finetuned:
         raise SystemExit("No finished runs among the work directories; nothing written.")
-    runs.write_csv(rows, args.out)
-    print(f"Wrote {len(rows)} runs to {args.out} ({len(skipped)} unfinished left out).")
+    if rows:
+        runs.write_csv(rows, args.out)
+        print(f"Wrote {len(rows)} runs to {args.out}.")
+    if finetuned:
+        runs.write_finetune_csv(finetuned, args.finetune_out)
+        print(
+            f"Wrote {len(finetuned)} fine-tuning runs, each with its pre-training run's compute, "
+            f"to {args.finetune_out}."
+        )
+    print(f"{len(skipped)} unfinished or not runs left out.")
     return 0
 
 
@@ -105,11 +134,12 @@ def cmd_fit(args) -> int:
         level=args.level,
         law_starts=_law_starts(args.law_grid),
         law_objective=args.objective,
+        accelerator=args.accelerator,
+        mfu=_mfu(args)[0],
     )
     print(analysis.summary(results))
     _write_json(results, args.out)
-    sections = ("power_law", "saturating_power_law", "allocation", "parametric_law")
-    return 1 if any("error" in results[s] for s in sections) else 0
+    return 1 if any("error" in results[s] for s in analysis.SECTIONS) else 0
 
 
 def cmd_chinchilla(args) -> int:
@@ -229,129 +259,320 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_synthetic(args) -> int:
+    law = synthetic.paper_like_law(args.alpha, args.beta)
+    rows = synthetic.paper_like_rows(law, noise=args.noise, seed=args.seed)
+    runs.write_csv(rows, args.out)
+    if args.finetune_out:
+        finetuned = synthetic_finetune.finetune_rows(rows, seed=args.seed)
+        runs.write_finetune_csv(finetuned, args.finetune_out)
+        print(f"Wrote {len(finetuned)} made-up fine-tuning runs to {args.finetune_out}.")
+    one_epoch = law.compute_for_data(rows[0]["num_train_examples"])
+    print(
+        f"Wrote {len(rows)} runs to {args.out}: {law}, noise {args.noise:g}; true N_opt ~ "
+        f"C^{law.size_exponent:.3f}, optimal epoch budget 1 at {one_epoch:.4g} FLOPs."
+    )
+    return 0
+
+
+def _note(what: str, error: Exception) -> None:
+    print(f"note: {what}: {error}", file=sys.stderr)
+
+
+def _frontier(rows: list[dict]):
+    tuned = learning_rate.best_runs(rows)
+    flops = [r["compute_flops"] for r in tuned]
+    loss = [r["heldout_loss"] for r in tuned]
+    front = fit_power_law.pareto_frontier(flops, loss)
+    return [flops[i] for i in front], [loss[i] for i in front]
+
+
+def _try(what: str, make):
+    """make(), or None after a note saying why `what` is left out of the figures."""
+    try:
+        return make()
+    except (FitError, ValueError) as e:
+        _note(f"no {what}", e)
+        return None
+
+
+def _loss_figure(rows, boot: dict, axis):
+    flops, loss = _frontier(rows)
+    power = _try("power-law band", lambda: bands.power_law_band(flops, loss, **boot))
+    saturating = _try("saturating-law band", lambda: bands.saturating_band(flops, loss, **boot))
+    return plots.loss_vs_compute(rows, power, saturating, axis)
+
+
+def _allocation_figure(rows, boot: dict, args, axis):
+    starts = _law_starts(args.law_grid)
+    estimates = [
+        _try("IsoFLOP allocation", lambda: bands.isoflop_allocation(rows, **boot)),
+        _try(
+            "parametric allocation",
+            lambda: bands.parametric_allocation(rows, **boot, starts=starts),
+        ),
+    ]
+    return plots.optimal_allocation([e for e in estimates if e is not None], rows, axis)
+
+
+def _lr_figure(rows, boot: dict):
+    choices = learning_rate.choose(rows)
+    model = learning_rate.fit_model(choices)
+    return plots.optimal_lr(choices, model, bands.lr_trend_bands(choices, model, **boot))
+
+
+def _finetune_figure(args, boot: dict, axis, reference: bool):
+    finetuned = runs.read_finetune_csv(args.finetune)
+    flops = [r["pretrain_compute_flops"] for r in finetuned]
+    error = [100 * (1 - r["top1"]) for r in finetuned]
+    trend = _try("top-1 trend", lambda: bands.power_law_band(flops, error, **boot))
+    return plots.finetune_top1_vs_compute(finetuned, axis, trend, reference)
+
+
 def cmd_plot(args) -> int:
     rows = runs.read_csv(args.runs)
-    tuned = learning_rate.best_runs(rows)
-    c = [r["compute_flops"] for r in tuned]
-    loss = [r["heldout_loss"] for r in tuned]
-    front = fit_power_law.pareto_frontier(c, loss)
-    cf, lf = [c[i] for i in front], [loss[i] for i in front]
-    fits = {}
-    for name, fit in (
-        ("power law", fit_power_law.fit_power_law),
-        ("saturating", fit_power_law.fit_saturating),
-    ):
-        try:
-            fits[name] = fit(cf, lf)
-        except FitError as e:
-            print(f"note: no {name} frontier fit in the figure: {e}", file=sys.stderr)
+    boot = dict(samples=args.samples, seed=args.seed, level=args.band_level)
     mfu, source = _mfu(args)
-    axis = plots.ComputeAxis(args.accelerator, mfu) if args.core_hours else plots.ComputeAxis()
-    written = plots.save(
-        plots.loss_vs_compute(rows, fits.get("power law"), fits.get("saturating"), axis),
-        args.out_dir,
-        FIGURES[0],
-        args.formats,
-    )
-    try:
-        choices = learning_rate.choose(rows)
-        written += plots.save(
-            plots.optimal_lr(choices, learning_rate.fit_model(choices)),
-            args.out_dir,
-            FIGURES[1],
-            args.formats,
-        )
-    except FitError as e:
-        print(f"note: no learning-rate figure: {e}", file=sys.stderr)
-    try:
-        top_axis = plots.ComputeAxis(args.accelerator, mfu)
-        written += plots.save(
-            plots.top1_vs_compute(rows, top_axis), args.out_dir, FIGURES[2], args.formats
-        )
-    except ValueError as e:
-        print(f"note: no top-1 figure: {e}", file=sys.stderr)
+    hours = plots.ComputeAxis(args.accelerator, mfu)
+    axis = hours if args.core_hours else plots.ComputeAxis()
+    reference = args.reference_points
+    if reference is None:
+        reference = args.accelerator == reference_points.ACCELERATOR
+    makers = {
+        FIGURES[0]: lambda: _loss_figure(rows, boot, axis),
+        FIGURES[1]: lambda: _allocation_figure(rows, boot, args, axis),
+        FIGURES[2]: lambda: _lr_figure(rows, boot),
+    }
+    if args.finetune:
+        makers[FIGURES[3]] = lambda: _finetune_figure(args, boot, hours, reference)
+    written = []
+    for name, make in makers.items():
+        fig = _try(f"{name} figure", make)
+        if fig is not None:
+            written += plots.save(fig, args.out_dir, name, args.formats, args.dpi)
     print(f"Core hours at {mfu:.1%} MFU ({source}). Wrote " + ", ".join(map(str, written)))
     return 0
 
 
+def _checked(convert, ok, requirement: str):
+    """An argparse type that refuses values outside a range with one sentence."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}.")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+bootstrap_samples = _checked(int, lambda v: v >= 2, "an integer >= 2")
+open_fraction = _checked(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+mfu_fraction = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+
+
+def _subparser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scaling", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="python -m scaling",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def mfu_args(p):
-        p.add_argument("--accelerator", default="tpu_v4", choices=sorted(hardware.ACCELERATORS))
         p.add_argument(
-            "--mfu", type=float, help="assumed MFU in (0, 1]; default: F7+'s in the paper"
+            "--accelerator",
+            default="tpu_v4",
+            choices=sorted(hardware.ACCELERATORS),
+            help="accelerator whose peak FLOP/s per core converts FLOPs to core hours",
+        )
+        p.add_argument(
+            "--mfu",
+            type=mfu_fraction,
+            help="assumed model FLOPs utilization in (0, 1]; unset: the MFU implied by the "
+            "paper's F7+ (110k TPU-v4 core hours)",
         )
 
-    p = sub.add_parser("compute", help="FLOPs and core hours of a training run")
+    p = _subparser(sub, "compute", "FLOPs and core hours of a training run")
     p.add_argument("--model", help="registry name, e.g. nfnet_f7plus")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--examples", type=float, help="training examples per epoch, e.g. 4e9")
-    p.add_argument("--resolution", type=int, help="training resolution in px")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--epochs", type=positive_float, help="epoch budget")
+    p.add_argument("--examples", type=positive_float, help="training examples per epoch, e.g. 4e9")
+    p.add_argument("--resolution", type=positive_int, help="training resolution in px")
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="classifier classes")
     p.add_argument("--workdir", help="measure the MFU from this run's metrics.jsonl")
     p.add_argument("--table", action="store_true", help="the paper's models x epoch budgets")
     mfu_args(p)
     p.set_defaults(fn=cmd_compute)
 
-    p = sub.add_parser("collect", help="finished runs -> runs CSV")
-    p.add_argument("workdirs", nargs="+")
-    p.add_argument("--out", "-o", default="runs.csv")
+    p = _subparser(sub, "collect", "finished runs -> runs CSV")
+    p.add_argument(
+        "workdirs",
+        nargs="+",
+        help="train.py work directories; unfinished runs and directories that are not runs are "
+        "listed and skipped",
+    )
+    p.add_argument("--out", "-o", default="runs.csv", help="CSV of the pre-training runs")
+    p.add_argument(
+        "--finetune-out",
+        default="finetune.csv",
+        help="CSV of the fine-tuning runs (config.init.path set), each joined to the "
+        "pre-training run it started from",
+    )
     p.set_defaults(fn=cmd_collect)
 
     def fit_args(p, samples):
-        p.add_argument("--samples", type=int, default=samples, help="bootstrap samples")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--level", type=float, default=0.95, help="confidence level of intervals")
-        p.add_argument("--objective", default="huber", choices=sorted(fit_chinchilla.OBJECTIVES))
+        p.add_argument(
+            "--samples", type=bootstrap_samples, default=samples, help="bootstrap samples"
+        )
+        p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the resampling")
+        p.add_argument(
+            "--level", type=open_fraction, default=0.95, help="confidence level of the intervals"
+        )
+        p.add_argument(
+            "--objective",
+            default="huber",
+            choices=sorted(fit_chinchilla.OBJECTIVES),
+            help="objective of the parametric law: summed Huber loss, or Huber likelihood",
+        )
         p.add_argument("--out", "-o", help="write the results as JSON")
 
-    p = sub.add_parser("fit", help="scaling-law fits with bootstrap intervals")
+    p = _subparser(sub, "fit", "scaling-law fits and compute-optimal allocation with intervals")
     p.add_argument("runs", help="runs CSV written by collect")
-    p.add_argument("--size", default="macs_per_example", choices=analysis.SIZE_COLUMNS)
-    p.add_argument("--law-grid", default="full", choices=sorted(LAW_GRIDS))
+    p.add_argument(
+        "--size",
+        default="macs_per_example",
+        choices=analysis.SIZE_COLUMNS,
+        help="model-size column (MACs per example make compute = 6 x size x examples exact)",
+    )
+    p.add_argument(
+        "--law-grid",
+        default="coarse",
+        choices=sorted(LAW_GRIDS),
+        help="starts of the parametric fit: " + _grid_help(),
+    )
     fit_args(p, 1000)
+    mfu_args(p)
     p.set_defaults(fn=cmd_fit)
 
-    p = sub.add_parser("chinchilla", help="the parametric fit on Epoch AI's Chinchilla data")
-    p.add_argument("data", nargs="?", default=str(chinchilla_data.DATA_PATH))
-    p.add_argument("--drop", type=int, default=chinchilla_data.DROPPED_HIGHEST_LOSS)
-    p.add_argument("--grid", default="full", choices=sorted(LAW_GRIDS))
+    p = _subparser(sub, "chinchilla", "the parametric fit on Epoch AI's Chinchilla data")
+    p.add_argument("data", nargs="?", default=str(chinchilla_data.DATA_PATH), help="Epoch AI's CSV")
+    p.add_argument(
+        "--drop",
+        type=nonnegative_int,
+        default=chinchilla_data.DROPPED_HIGHEST_LOSS,
+        help="highest-loss points dropped (Besiroglu et al. drop 5)",
+    )
+    p.add_argument(
+        "--grid", default="full", choices=sorted(LAW_GRIDS), help="start grid: " + _grid_help()
+    )
     fit_args(p, 4000)
     p.set_defaults(fn=cmd_chinchilla)
 
     def launch_args(p):
         p.add_argument("--configs", default="configs", help="directory of <model>.py configs")
-        p.add_argument("--workdir-root", default="workdirs")
+        p.add_argument("--workdir-root", default="workdirs", help="parent of the work directories")
 
-    p = sub.add_parser("lr", help="optimal learning rates, their trend, two-run confirmation")
-    p.add_argument("runs")
-    p.add_argument("--predict", action="append", default=[], metavar="MODEL:EPOCHS")
+    p = _subparser(sub, "lr", "optimal learning rates, their trend, two-run confirmation")
+    p.add_argument("runs", help="runs CSV written by collect")
+    p.add_argument(
+        "--predict",
+        action="append",
+        default=[],
+        metavar="MODEL:EPOCHS",
+        help="predict the optimal lr of a model at an epoch budget (repeatable)",
+    )
     p.add_argument("--refined", action="store_true", help="fit parabola-refined optima")
     launch_args(p)
     p.set_defaults(fn=cmd_lr)
 
-    p = sub.add_parser("sweep", help="train.py commands for models x epochs x lrs x seeds")
-    p.add_argument("--models", nargs="+", required=True)
-    p.add_argument("--epochs", nargs="+", type=float, required=True)
-    p.add_argument("--lrs", nargs="+", type=float)
-    p.add_argument("--lr-center", type=float)
-    p.add_argument("--lr-below", type=int, default=2)
-    p.add_argument("--lr-above", type=int, default=2)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p = _subparser(sub, "sweep", "train.py commands for models x epochs x lrs x seeds")
+    p.add_argument("--models", nargs="+", required=True, help="registry names")
+    p.add_argument("--epochs", nargs="+", type=positive_float, required=True, help="epoch budgets")
+    p.add_argument("--lrs", nargs="+", type=positive_float, help="learning rates")
+    p.add_argument("--lr-center", type=positive_float, help="centre of a 2x lr grid")
+    p.add_argument(
+        "--lr-below", type=nonnegative_int, default=2, help="grid values below the centre"
+    )
+    p.add_argument(
+        "--lr-above", type=nonnegative_int, default=2, help="grid values above the centre"
+    )
+    p.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0], help="seeds")
     p.add_argument("--extra", nargs="*", default=[], help="more --config.field=value flags")
     p.add_argument("--out", "-o", help="write a launch script instead of printing")
     launch_args(p)
     p.set_defaults(fn=cmd_sweep)
 
-    p = sub.add_parser("plot", help="the paper's figures for a runs CSV")
-    p.add_argument("runs")
-    p.add_argument("--out-dir", default="figures")
-    p.add_argument("--formats", nargs="+", default=["png", "pdf"])
-    p.add_argument("--core-hours", action="store_true", help="loss figure in core hours")
+    p = _subparser(sub, "plot", "the paper's figures for a runs CSV")
+    p.add_argument("runs", help="runs CSV written by collect")
+    p.add_argument("--out-dir", default="figures", help="directory of the figures")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats")
+    p.add_argument("--dpi", type=positive_int, default=150, help="resolution of PNG figures")
+    p.add_argument(
+        "--core-hours", action="store_true", help="loss and allocation figures in core hours"
+    )
+    p.add_argument(
+        "--finetune",
+        help="fine-tuning CSV written by collect: adds Figure 1 (top-1 error vs pre-training "
+        "compute, in core hours)",
+    )
+    p.add_argument(
+        "--reference-points",
+        action=argparse.BooleanOptionalAction,
+        help="overlay the published ViT and NFNet points on Figure 1 (default: on for tpu_v4)",
+    )
+    p.add_argument(
+        "--samples", type=bootstrap_samples, default=1000, help="bootstrap samples of the bands"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the resampling")
+    p.add_argument(
+        "--band-level",
+        type=open_fraction,
+        default=bands.DEFAULT_LEVEL,
+        help="central fraction of the bootstrap curves that the bands hold (0.9: 5-95%%)",
+    )
+    p.add_argument(
+        "--law-grid",
+        default="coarse",
+        choices=sorted(LAW_GRIDS),
+        help="starts of the parametric fit: " + _grid_help(),
+    )
     mfu_args(p)
     p.set_defaults(fn=cmd_plot)
+
+    p = _subparser(sub, "synthetic", "a paper-like sweep drawn from a known law, as a runs CSV")
+    p.add_argument(
+        "--alpha", type=positive_float, default=0.3, help="size exponent of the true law"
+    )
+    p.add_argument("--beta", type=positive_float, default=0.3, help="data exponent of the true law")
+    p.add_argument(
+        "--noise",
+        type=_checked(float, lambda v: v >= 0, "a number >= 0"),
+        default=synthetic.PAPER_LIKE_NOISE,
+        help="log-std of the multiplicative loss noise",
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the noise")
+    p.add_argument("--out", "-o", default="runs.csv", help="CSV to write")
+    p.add_argument(
+        "--finetune-out",
+        help="also write made-up fine-tuning runs of the best-lr runs (for Figure 1) to this CSV",
+    )
+    p.set_defaults(fn=cmd_synthetic)
     return parser
 
 

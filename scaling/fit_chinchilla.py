@@ -44,9 +44,12 @@ GRID = dict(
 )
 LBFGS_OPTIONS = dict(ftol=1e-13, gtol=1e-9, maxiter=15000)
 LBFGS_RESTARTS = 3
-# Starts "agree" with the best when their objective is within this relative distance and every
-# parameter (E, A, B, alpha, beta) within PARAM_RTOL.
+# Starts "agree" with the best when their objective is within this relative distance, or within
+# an absolute OBJECTIVE_ATOL per run (runs fitted exactly reach objectives of ~1e-23 whose relative
+# differences are round-off), and every parameter (E, A, B, alpha, beta) within PARAM_RTOL.
+# 1e-12 per run is a log-residual of ~1.4e-6, below any measured loss's precision.
 OBJECTIVE_RTOL = 1e-6
+OBJECTIVE_ATOL_PER_RUN = 1e-12
 PARAM_RTOL = 1e-2
 NUM_PARAMS = 5
 
@@ -97,6 +100,14 @@ class ChinchillaLaw:
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
         budget = np.asarray(compute, float) / flops_per_unit
         return g * budget**self.size_exponent, budget**self.data_exponent / g
+
+    def compute_for_data(self, data, flops_per_unit: float = 6.0):
+        """The compute whose optimal D_opt is `data`: inverts `compute_optimal`'s D_opt.
+
+        Elementwise, so a law of arrays (bootstrap draws) gives an array.
+        """
+        g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+        return flops_per_unit * (np.asarray(data, float) * g) ** (1 / self.data_exponent)
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -175,8 +186,11 @@ def _validate(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrays[0], arrays[1], arrays[2]
 
 
-def _agrees(law: ChinchillaLaw, value: float, best: ChinchillaLaw, best_value: float) -> bool:
-    if value > best_value + OBJECTIVE_RTOL * abs(best_value):
+def _agrees(
+    law: ChinchillaLaw, value: float, best: ChinchillaLaw, best_value: float, num_runs: int
+) -> bool:
+    tolerance = max(OBJECTIVE_RTOL * abs(best_value), OBJECTIVE_ATOL_PER_RUN * num_runs)
+    if value > best_value + tolerance:
         return False
     mine, ref = np.array(list(law.as_dict().values())), np.array(list(best.as_dict().values()))
     return bool(np.all(np.abs(mine - ref) <= PARAM_RTOL * np.abs(ref)))
@@ -254,7 +268,8 @@ def fit(
     best = min(good, key=lambda r: r.fun)
     best_law = ChinchillaLaw.from_theta(best.x[:NUM_PARAMS])
     at_opt = sum(
-        _agrees(ChinchillaLaw.from_theta(r.x[:NUM_PARAMS]), r.fun, best_law, best.fun) for r in good
+        _agrees(ChinchillaLaw.from_theta(r.x[:NUM_PARAMS]), r.fun, best_law, best.fun, n.size)
+        for r in good
     )
     if at_opt < min(2, len(thetas)):
         raise FitError(

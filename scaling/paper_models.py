@@ -51,13 +51,3 @@ PRECOMPUTED = {
     ("nfnet_F7+", 224, 1000): (100_738_347_008, 829_551_960),
     ("nfnet_F7+", 224, 30000): (100_857_131_008, 948_364_960),
 }
-
-
-# (label, TPU-v4 core hours of pre-training, ImageNet top-1 after fine-tuning), as compared in
-# Smith et al. 2023, Sec. 3.
-VIT_REFERENCE_POINTS = (
-    ("ViT-g/14", 120e3, 0.902),
-    ("ViT-G/14", 280e3, 0.9045),
-    ("SoViT-400m/14", 130e3, 0.903),
-)
-NFNET_REFERENCE_POINTS = (("NFNet-F7+ (Smith et al.)", 110e3, 0.903),)

@@ -54,18 +54,12 @@ def _frontier(p, q, noise, seed=0):
     return c, 1e-4 * c**p * jitter[0], 1e-5 * c**q * jitter[1]
 
 
-def test_equal_proportion_is_recognized():
+def test_envelope_exponents_and_their_intervals():
     c, size, epochs = _frontier(0.5, 0.5, noise=0.05)
-    test = fit_allocation.equal_proportion_test(c, size, epochs, samples=300, seed=0)
-    assert test.consistent
-    assert test.allocation.size_exponent == pytest.approx(0.5, abs=0.05)
-
-
-def test_unequal_proportion_is_rejected():
+    env = fit_allocation.envelope_fit(c, size, epochs, samples=300, seed=0)
+    assert env.allocation.size_exponent == pytest.approx(0.5, abs=0.05)
     c, size, epochs = _frontier(0.7, 0.3, noise=0.05)
-    test = fit_allocation.equal_proportion_test(c, size, epochs, samples=300, seed=0)
-    assert not test.consistent
-    d = test.summary["difference"]
+    d = fit_allocation.envelope_fit(c, size, epochs, samples=300, seed=0).summary["difference"]
     assert d["ci_low"] < 0.4 < d["ci_high"]
 
 

@@ -90,7 +90,7 @@ def test_corrupt_metrics_name_the_line(tmp_path):
     with pytest.raises(runs.RunsError, match=r"metrics.jsonl:32 is not valid JSON"):
         runs.collect([workdir])
     with pytest.raises(runs.RunsError, match="config.json is missing"):
-        runs.collect([tmp_path])
+        runs.read_workdir(tmp_path)
 
 
 def test_bad_rows_are_listed_with_what_they_need(tmp_path):
@@ -130,4 +130,67 @@ def test_collect_command_writes_the_csv(tmp_path, capsys):
     assert cli.main(["collect", str(tmp_path / "a"), str(tmp_path / "c"), "-o", str(out)]) == 0
     assert len(runs.read_csv(out)) == 1
     captured = capsys.readouterr()
-    assert "1 unfinished left out" in captured.out and "skipped" in captured.err
+    assert "1 unfinished or not runs left out" in captured.out and "skipped" in captured.err
+
+
+def test_collect_lists_paths_that_are_not_runs(tmp_path, capsys):
+    make_workdir(tmp_path, "a")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    paths = [str(tmp_path / name) for name in ("a", "logs", "notes.txt")]
+    assert cli.main(["collect", *paths, "-o", str(tmp_path / "runs.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "logs: not a run (no config.json)" in err
+    assert "notes.txt: not a run (not a directory)" in err
+    assert len(runs.read_csv(tmp_path / "runs.csv")) == 1
+
+
+def _finetune(root, name, pretrain, *, step=-1, report_step=None, top1=0.85):
+    workdir = make_workdir(root, name, epochs=1.0, init={"path": str(pretrain), "step": step})
+    if report_step is not None:
+        report = {"source": {"format": "workdir", "path": str(pretrain), "step": report_step}}
+        (workdir / "init_report.json").write_text(json.dumps(report))
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    lines[-1] = json.dumps(dict(last, eval_top1=top1))
+    (workdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return workdir
+
+
+def test_collect_joins_finetuning_runs_to_their_pretraining_compute(tmp_path):
+    pre = make_workdir(tmp_path, "pre", epochs=2.0, loss=2.4)
+    _finetune(tmp_path, "ft_end", pre)  # init.step -1: the pre-training run's end
+    _finetune(tmp_path, "ft_step", pre, report_step=10, top1=0.8)  # the step the report names
+    workdirs = sorted(tmp_path.iterdir())
+    rows, finetuned, skipped = runs.collect_all(workdirs)
+    assert [r["run"] for r in rows] == [str(pre)] and not skipped
+    end, early = finetuned
+    assert (end["pretrain_run"], end["top1"], early["top1"]) == (str(pre), 0.85, 0.8)
+    assert end["pretrain_compute_flops"] == rows[0]["compute_flops"]
+    cost = compute.model_cost("nfnet_f0", 224, 1000)
+    assert early["pretrain_examples_seen"] == 10 * BATCH
+    assert early["pretrain_compute_flops"] == pytest.approx(6 * cost.macs_per_example * 10 * BATCH)
+    runs.write_finetune_csv(finetuned, tmp_path / "finetune.csv")
+    assert runs.read_finetune_csv(tmp_path / "finetune.csv") == finetuned
+    # The runs table leaves the fine-tuning runs out, and says so.
+    assert len(runs.collect(workdirs)[1]) == 2
+
+
+def test_collect_says_when_the_pretraining_run_is_missing(tmp_path, capsys):
+    pre = make_workdir(tmp_path, "pre")
+    weights = tmp_path / "weights.npz"
+    weights.write_bytes(b"")
+    _finetune(tmp_path, "ft_gone", tmp_path / "gone")
+    _finetune(tmp_path, "ft_file", weights)
+    _finetune(tmp_path, "ft_unfinished", make_workdir(tmp_path, "pre_half", finished=False))
+    _finetune(tmp_path, "ft_ok", pre)
+    paths = [str(p) for p in sorted(tmp_path.iterdir()) if p.name.startswith("ft")]
+    out, ft_out = tmp_path / "runs.csv", tmp_path / "finetune.csv"
+    assert cli.main(["collect", *paths, "-o", str(out), "--finetune-out", str(ft_out)]) == 0
+    err = capsys.readouterr().err
+    gone = f"ft_gone: fine-tuned from {tmp_path / 'gone'} (config.init.path), which does not exist"
+    assert gone in err
+    assert "ft_file: fine-tuned from" in err and "a checkpoint file rather than a work dir" in err
+    assert "ft_unfinished: fine-tuned from" in err and "an unfinished pre-training run" in err
+    assert [r["run"] for r in runs.read_finetune_csv(ft_out)] == [str(tmp_path / "ft_ok")]
+    assert not out.exists()  # no pre-training run among the paths
