@@ -1,9 +1,12 @@
-"""ViT outputs equal timm's on the same (randomized) weights; big_vision checkpoints import.
+"""ViT outputs equal timm's and pycls's on the same (randomized) weights; big_vision checkpoints
+import.
 
-CI checks the exported tiny fixtures (no torch needed), one per pooling: class token, global
-average pooling over a 4x5 token grid, MAP head. Where torch and timm are installed, full-size
-B/16, timm's position-embedding resampling and parameter counts are checked too. Regenerate
-the fixtures: python tests/fixtures/export_timm_fixtures.py vit_tiny_token vit_tiny_gap vit_tiny_map
+CI checks the exported tiny fixtures (no torch needed): timm's, one per pooling (class token,
+global average pooling over a 4x5 token grid, MAP head), and pycls's ViT_P and ViT_C (Xiao et
+al. 2021's configs, shrunk). Where torch and timm are installed, full-size B/16, timm's
+position-embedding resampling and parameter counts are checked too. Regenerate the fixtures:
+python tests/fixtures/export_timm_fixtures.py vit_tiny_token vit_tiny_gap vit_tiny_map
+python tests/fixtures/export_pycls_fixtures.py --pycls <checkout of pycls's vitconfigs branch>
 """
 
 from pathlib import Path
@@ -248,6 +251,88 @@ def test_big_vision_mismatch_lists_keys(tiny):
         vit.from_big_vision(
             {**flat, "cls": np.zeros((1, 1, 32))}, "P-tiny", pool="gap", resolution=(16, 20)
         )
+
+
+# ---------------------------------------------------------------- pycls (Xiao et al. 2021)
+
+# Float32 on CPU against pycls in float64: the right model is off by ~4e-7 of the largest
+# logit (float32 rounding through a few dozen ops), pycls's library-default LayerNorm epsilon
+# (1e-5 instead of the 1e-6 of Xiao et al.'s configs) by ~3e-3. 1e-5 keeps 25x headroom above
+# the rounding and fails the wrong epsilon by 300x.
+PYCLS_TOLERANCE = 1e-5  # max |delta logit| <= PYCLS_TOLERANCE * max |logit|
+# The fixtures' sizes (SHRINK and TINY in export_pycls_fixtures.py) as overrides of Xiao et
+# al.'s 1GF variants, whose other fields (LayerNorm epsilon, pooling, ...) are under test.
+PYCLS_TINY = dict(width=32, mlp_dim=96, num_heads=4, patch_size=4)
+PYCLS_SIZES = {
+    "P": dict(PYCLS_TINY, depth=2),
+    "C": dict(PYCLS_TINY, depth=1, conv_stem_widths=(8, 16, 16), conv_stem_strides=(2, 1, 2)),
+}
+PYCLS_LIBRARY_DEFAULT_LN_EPS = 1e-5  # pycls core/config.py _C.LN.EPS
+
+
+@pytest.fixture(scope="module")
+def pycls():
+    """Per stem: pycls's state dict, images and float64 logits."""
+    out = {}
+    for stem in PYCLS_SIZES:
+        io = np.load(FIXTURES / f"vit_pycls_{stem.lower()}_tiny.npz")
+        state_dict = {k[len("state/") :]: io[k] for k in io.files if k.startswith("state/")}
+        out[stem] = dict(state_dict=state_dict, images=io["images"], logits=io["logits"])
+    return out
+
+
+def pycls_logits(fixture, stem, **overrides):
+    variables = vit.variables_from_pycls(
+        fixture["state_dict"], f"{stem}-1GF", **PYCLS_SIZES[stem]
+    )
+    model = vit.create(f"{stem}-1GF", num_classes=10, **PYCLS_SIZES[stem], **overrides)
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, fixture["images"])
+
+
+@pytest.mark.parametrize("stem", PYCLS_SIZES)
+def test_xiao_variants_match_pycls(pycls, stem):
+    fixture = pycls[stem]
+    assert relative_error(pycls_logits(fixture, stem), fixture["logits"]) <= PYCLS_TOLERANCE
+
+
+@pytest.mark.parametrize("stem", PYCLS_SIZES)
+def test_pycls_fixture_fails_pycls_library_default_epsilon(pycls, stem):
+    fixture = pycls[stem]
+    wrong = pycls_logits(fixture, stem, layer_norm_eps=PYCLS_LIBRARY_DEFAULT_LN_EPS)
+    assert relative_error(wrong, fixture["logits"]) > 100 * PYCLS_TOLERANCE
+
+
+def test_every_pycls_parameter_was_randomized(pycls):
+    for stem in PYCLS_SIZES:
+        for key, value in pycls[stem]["state_dict"].items():
+            if key.endswith("num_batches_tracked"):
+                continue
+            assert np.std(value) > 0, key
+            if key.endswith(("ln_1.weight", "ln_2.weight", "ln.weight", "bn.weight", "_var")):
+                assert np.all(value != 1.0), key  # LayerNorm, BatchNorm scales; BN variances
+    assert any("_bn.running_mean" in key for key in pycls["C"]["state_dict"])
+
+
+def test_pycls_import_layouts_and_errors(pycls):
+    conv = pycls["C"]["state_dict"]
+    with pytest.raises(ValueError, match="variables_from_pycls"):
+        vit.from_pycls(conv, "C-1GF", **PYCLS_SIZES["C"])
+    stacked = vit.variables_from_pycls(conv, "C-1GF", **PYCLS_SIZES["C"], scan=True)
+    unrolled = vit.variables_from_pycls(conv, "C-1GF", **PYCLS_SIZES["C"])
+    assert set(stacked["batch_stats"]["stem"]) == {"bn0", "bn1", "bn2"}
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        stacked["params"],
+        vit.stack_blocks(unrolled["params"]),
+    )
+    # CLASSIFIER_TYPE 'pooled': no class token nor its position entry.
+    pooled = {k: v for k, v in pycls["P"]["state_dict"].items() if k != "class_token"}
+    pooled["pos_embedding"] = pooled["pos_embedding"][:, 1:]
+    params = vit.from_pycls(pooled, "P-1GF", **PYCLS_SIZES["P"], pool="gap")
+    assert "cls" not in params and params["pos_embedding"].shape == (1, 16, 32)
+    deeper = {**PYCLS_SIZES["P"], "depth": 3}
+    with pytest.raises(CheckpointMismatchError, match=r"Missing keys \(\d+\): encoder.block_2"):
+        vit.from_pycls(pycls["P"]["state_dict"], "P-1GF", **deeper)
 
 
 # ---------------------------------------------------------------- against timm itself

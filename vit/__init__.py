@@ -10,6 +10,7 @@ activations not counted (timm's convention). pycls, and so Xiao et al.'s Table 1
 from vit.big_vision_import import from_big_vision
 from vit.model import ViT, stack_blocks, unstack_blocks
 from vit.posemb import adapt_to_resolution
+from vit.pycls_import import from_pycls, variables_from_pycls
 from vit.timm_import import from_timm
 from vit.variants import BIG_VISION_NUMERICS, VARIANTS, canonical_name, create
 
@@ -21,7 +22,9 @@ __all__ = [
     "canonical_name",
     "create",
     "from_big_vision",
+    "from_pycls",
     "from_timm",
     "stack_blocks",
     "unstack_blocks",
+    "variables_from_pycls",
 ]

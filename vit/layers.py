@@ -20,6 +20,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
+# LayerNorm epsilon of every reference ViT: big_vision (flax's default), timm (`vit_*`), and
+# pycls's LN.EPS in every config of Xiao et al. 2021 (configs/vitconv_baselines/vit/*.yaml on
+# pycls's vitconfigs branch; pycls's library default, 1e-5, is not what they trained with).
+LAYER_NORM_EPS = 1e-6
+
 # big_vision: xavier-uniform kernels everywhere in the encoder, MLP biases N(0, 1e-6).
 _XAVIER = nn.initializers.xavier_uniform()
 _MLP_BIAS = nn.initializers.normal(stddev=1e-6)
@@ -156,7 +161,7 @@ class EncoderBlock(nn.Module):
 
     num_heads: int
     mlp_dim: int
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = LAYER_NORM_EPS
     activation: str = "gelu"
     dropout: float = 0.0
     stochastic_depth: bool = False
@@ -194,7 +199,7 @@ class MAPHead(nn.Module):
 
     num_heads: int
     mlp_dim: int
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = LAYER_NORM_EPS
     activation: str = "gelu"
     dtype: Dtype = jnp.float32
     attention_implementation: str | None = "xla"

@@ -15,6 +15,7 @@ import block_stack
 from vit.layers import (
     ACTIVATIONS,
     ATTENTION_IMPLEMENTATIONS,
+    LAYER_NORM_EPS,
     ConvStem,
     EncoderBlock,
     MAPHead,
@@ -69,7 +70,7 @@ class ViT(nn.Module):
     class_token_posemb: bool = True
     representation_size: int = 0
     head_zero_init: bool = True
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = LAYER_NORM_EPS
     activation: str = "gelu"
     dropout: float = 0.0
     stochastic_depth: float = 0.0
@@ -285,11 +286,16 @@ def unstack_blocks(params: dict) -> dict:
     return out
 
 
-def abstract_params(model: ViT, grid: tuple[int, int]) -> dict:
-    """The model's params as shapes (no memory, no compute) for a token grid (rows, cols)."""
+def abstract_variables(model: ViT, grid: tuple[int, int]) -> dict:
+    """The model's variables (params, and the conv stem's batch_stats) as shapes (no memory,
+    no compute) for a token grid (rows, cols)."""
     images = jax.ShapeDtypeStruct(
         (1, grid[0] * model.patch_size, grid[1] * model.patch_size, model.input_channels),
         jnp.float32,
     )
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-    return variables["params"]
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+
+
+def abstract_params(model: ViT, grid: tuple[int, int]) -> dict:
+    """The model's params as shapes (no memory, no compute) for a token grid (rows, cols)."""
+    return abstract_variables(model, grid)["params"]

@@ -64,7 +64,8 @@ def _xiao_variant(size: str, stem: str) -> dict:
         patch_size=16,
         **(conv if stem == "C" else {}),
         pool="token",  # pycls CLASSIFIER_TYPE 'token'; the class token has a position entry.
-        layer_norm_eps=1e-5,  # pycls LN.EPS
+        # LayerNorm epsilon: the model's default, vit.layers.LAYER_NORM_EPS (1e-6), pycls's
+        # LN.EPS in every config of Xiao et al.
         resolution=224,
     )
 
