@@ -6,7 +6,9 @@ else: not on the thread that computes it, the host that reads it or the step a r
 
 Training (`train_image`), following the reference NFNet pipeline (deepmind-research/nfnets
 `dataset.py`): Inception-style random resized crop (Szegedy et al. 2015), decoded straight from
-the JPEG crop window; resize; horizontal flip; RandAugment (`randaugment.py`); random erasing
+the JPEG crop window; resize; horizontal flip; RandAugment (`randaugment.py`: the NFNet
+reference's, or timm's policy strings such as ConvNeXt's "rand-m9-mstd0.5-inc1") or pycls's
+AutoAugment (`autoaugment.py`, Xiao et al.'s ViTs: "pycls-autoaugment"); random erasing
 (Zhong et al. 2020). Evaluation (`eval_image`): resize the shorter side to `resolution /
 crop_ratio`, then take the central `resolution` square.
 
@@ -19,6 +21,7 @@ import math
 
 import tensorflow as tf
 
+import autoaugment as autoaugment_lib
 import randaugment as randaugment_lib
 
 INTERPOLATIONS = ("bicubic", "bilinear", "area", "nearest", "lanczos3")
@@ -34,7 +37,10 @@ class TrainPreprocessing:
     area_range: tuple[float, float] = (0.08, 1.0)
     aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
-    randaugment: tuple[int, float] | None = None  # (layers, magnitude)
+    randaugment: tuple[int, float] | None = None  # (layers, magnitude), the NFNet op set
+    # timm's RandAugment policy string, e.g. "rand-m9-mstd0.5-inc1" (ConvNeXt), or
+    # "pycls-autoaugment" (pycls's AutoAugment, Xiao et al.'s ViTs; autoaugment.py); "" is off.
+    auto_augment: str = ""
     random_erasing: float = 0.0  # Probability of erasing one rectangle.
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # Of pixel / 255, for erasing fill.
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -213,6 +219,13 @@ def train_image(image: tf.Tensor, seed: tf.Tensor, p: TrainPreprocessing) -> tf.
     if p.randaugment is not None:
         num_layers, magnitude = p.randaugment
         image = randaugment_lib.randaugment(image, randaugment_seed, num_layers, magnitude)
+    if p.auto_augment == autoaugment_lib.POLICY_NAME:
+        image = autoaugment_lib.pycls_autoaugment(image, randaugment_seed)
+    elif p.auto_augment:
+        # timm fills geometric ops with the dataset mean (`create_transform`'s `img_mean`).
+        fill = tuple(min(255, round(255 * m)) for m in p.mean)
+        policy = randaugment_lib.parse_timm_policy(p.auto_augment)
+        image = randaugment_lib.timm_randaugment(image, randaugment_seed, policy, fill)
     if p.random_erasing > 0:
         image = random_erasing(image, erasing_seed, p.random_erasing, p.mean, p.std)
     return tf.ensure_shape(image, [p.resolution, p.resolution, 3])

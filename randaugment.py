@@ -17,7 +17,9 @@ does (the reference blends towards `height * width / 256`, a known bug); AutoCon
 seed passed in, so a resumed run reproduces every image bit for bit.
 """
 
+import dataclasses
 import math
+import re
 
 import tensorflow as tf
 
@@ -266,3 +268,373 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int, magnitude: f
     # A loop rather than `num_layers` copies of the 16 ops keeps the graph (and its build) small.
     _, image = tf.while_loop(lambda i, _: i < num_layers, layer, [tf.constant(0), image])
     return image
+
+
+# ---------------------------------------------------------------------------------------------
+# timm's RandAugment (`timm.data.auto_augment.rand_augment_transform`), as ConvNeXt (Liu et al.
+# 2022) trains with it: "rand-m9-mstd0.5-inc1". The ops are PIL's, reproduced exactly (timm
+# applies them to PIL images): geometric ops resample bicubically as PIL's affine `transform`
+# (cubic convolution with a = -1, edge pixels repeated, sample points outside the image take
+# the fill colour) and fill with the dataset mean, `round(255 * mean)`.
+# ---------------------------------------------------------------------------------------------
+
+_LEVEL_DENOM = 10.0  # timm's _LEVEL_DENOM: magnitudes are on a 0..10 scale.
+_TRANSLATE_PCT = 0.45  # timm's default `translate_pct`: shift by up to 45% of the side.
+
+
+def _pil_grey(image: tf.Tensor) -> tf.Tensor:
+    """PIL's RGB -> "L": (19595 R + 38470 G + 7471 B + 0x8000) >> 16, int32 (H, W, 1)."""
+    x = tf.cast(image, tf.int32)
+    weighted = x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000
+    return tf.bitwise.right_shift(weighted, 16)[..., None]
+
+
+def _pil_blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """PIL `Image.blend` in its C arithmetic: float32 `d + factor * (x - d)`, clipped, truncated."""
+    d = tf.cast(degenerate, tf.float32)
+    blended = d + tf.cast(factor, tf.float32) * (tf.cast(image, tf.float32) - d)
+    return tf.cast(tf.clip_by_value(blended, 0.0, 255.0), tf.uint8)
+
+
+def _cubic(v1, v2, v3, v4, d):
+    """PIL Geometry.c `BICUBIC`: cubic convolution (a = -1) through v1..v4 at d in [0, 1)."""
+    p1 = v2
+    p2 = -v1 + v3
+    p3 = 2.0 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    return p1 + d * (p2 + d * (p3 + d * p4))
+
+
+def pil_affine(image: tf.Tensor, matrix, fill) -> tf.Tensor:
+    """PIL `Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill)` on uint8 RGB: output
+    pixel (x, y) samples the input at (a0 (x + .5) + a1 (y + .5) + a2, a3 (x + .5) + ...), in
+    float64 as PIL does."""
+    a = [tf.cast(v, tf.float64) for v in matrix]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+    ys = tf.cast(tf.range(h), tf.float64)[:, None] + 0.5
+    xs = tf.cast(tf.range(w), tf.float64)[None, :] + 0.5
+    xin = a[0] * xs + a[1] * ys + a[2]
+    yin = a[3] * xs + a[4] * ys + a[5]
+    inside = (xin >= 0.0) & (xin < wf) & (yin >= 0.0) & (yin < hf)
+    xin, yin = xin - 0.5, yin - 0.5
+    x0, y0 = tf.floor(xin), tf.floor(yin)
+    dx, dy = (xin - x0)[..., None], (yin - y0)[..., None]
+    taps = tf.constant([-1, 0, 1, 2], tf.int32)
+    cols = tf.clip_by_value(tf.cast(x0, tf.int32)[..., None] + taps, 0, w - 1)  # (H, W, 4)
+    rows = tf.clip_by_value(tf.cast(y0, tf.int32)[..., None] + taps, 0, h - 1)
+    pixels = tf.cast(image, tf.float64)
+
+    def row(r):  # the cubic along x through row rows[..., r]: (H, W, 3)
+        vals = [tf.gather_nd(pixels, tf.stack([rows[..., r], cols[..., c]], -1)) for c in range(4)]
+        return _cubic(*vals, dx)
+
+    value = _cubic(row(0), row(1), row(2), row(3), dy)
+    value = tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)  # PIL truncates
+    fill = tf.broadcast_to(tf.constant(fill, tf.uint8), tf.shape(image))
+    return tf.where(inside[..., None], value, fill)
+
+
+def _signed(value, negate):
+    return tf.where(negate, -value, value)
+
+
+def _pil_rotate_matrix(degrees, width, height):
+    """PIL `Image.rotate`'s affine matrix (about the centre (w / 2, h / 2), no expansion)."""
+    angle = -tf.math.floormod(degrees, 360.0) * (math.pi / 180.0)
+    round15 = lambda v: tf.round(v * 1e15) / 1e15  # noqa: E731  (Python's round(v, 15))
+    cos, sin = round15(tf.cos(angle)), round15(tf.sin(angle))
+    cx, cy = width / 2.0, height / 2.0
+    return [cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy]
+
+
+def timm_rotate(image, magnitude, negate, fill):
+    """Rotate by `30 * m / 10` degrees, in a random direction (counter-clockwise if positive)."""
+    degrees = _signed(magnitude / _LEVEL_DENOM * 30.0, negate)
+    size = tf.cast(tf.shape(image), tf.float64)
+    return pil_affine(image, _pil_rotate_matrix(degrees, size[1], size[0]), fill)
+
+
+def timm_shear_x(image, magnitude, negate, fill):
+    factor = _signed(magnitude / _LEVEL_DENOM * 0.3, negate)
+    return pil_affine(image, [1.0, factor, 0.0, 0.0, 1.0, 0.0], fill)
+
+
+def timm_shear_y(image, magnitude, negate, fill):
+    factor = _signed(magnitude / _LEVEL_DENOM * 0.3, negate)
+    return pil_affine(image, [1.0, 0.0, 0.0, factor, 1.0, 0.0], fill)
+
+
+def timm_translate_x_rel(image, magnitude, negate, fill):
+    """Shift by `0.45 * m / 10` of the width."""
+    pct = _signed(magnitude / _LEVEL_DENOM * _TRANSLATE_PCT, negate)
+    pixels = pct * tf.cast(tf.shape(image)[1], tf.float64)
+    return pil_affine(image, [1.0, 0.0, pixels, 0.0, 1.0, 0.0], fill)
+
+
+def timm_translate_y_rel(image, magnitude, negate, fill):
+    pct = _signed(magnitude / _LEVEL_DENOM * _TRANSLATE_PCT, negate)
+    pixels = pct * tf.cast(tf.shape(image)[0], tf.float64)
+    return pil_affine(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], fill)
+
+
+def pil_auto_contrast(image, *_):
+    """PIL `ImageOps.autocontrast`: per channel `int(x * scale + offset)`, scale = 255 / (hi -
+    lo), offset = -lo * scale, in float64; a constant channel is kept."""
+    x = tf.cast(image, tf.float64)
+    lo, hi = tf.reduce_min(x, axis=(0, 1)), tf.reduce_max(x, axis=(0, 1))
+    scale = 255.0 / tf.maximum(hi - lo, 1.0)
+    stretched = tf.clip_by_value(tf.cast(x * scale + -lo * scale, tf.int32), 0, 255)
+    return tf.where(hi > lo, tf.cast(stretched, tf.uint8), image)
+
+
+def pil_posterize(image, bits):
+    """PIL `ImageOps.posterize`: keep the top `bits` bits (0 bits: black)."""
+    mask = 256 - tf.bitwise.left_shift(1, 8 - tf.cast(bits, tf.int32))
+    return tf.bitwise.bitwise_and(image, tf.cast(mask, tf.uint8))
+
+
+def pil_solarize(image, threshold):
+    """PIL `ImageOps.solarize`: invert values at or above `threshold`."""
+    return tf.where(tf.cast(image, tf.int32) < tf.cast(threshold, tf.int32), image, 255 - image)
+
+
+def pil_solarize_add(image, addition, threshold=128):
+    """timm's `solarize_add`: add `addition` to values below `threshold`, clipped to 255."""
+    x = tf.cast(image, tf.int32)
+    added = tf.minimum(x + tf.cast(addition, tf.int32), 255)
+    return tf.cast(tf.where(x < threshold, added, x), tf.uint8)
+
+
+def pil_color(image, factor):
+    """PIL `ImageEnhance.Color`: blend with the "L" image."""
+    return _pil_blend(tf.tile(_pil_grey(image), [1, 1, 3]), image, factor)
+
+
+def pil_contrast(image, factor):
+    """PIL `ImageEnhance.Contrast`: blend with the constant `int(mean of "L" + 0.5)`."""
+    grey = _pil_grey(image)
+    mean = tf.reduce_sum(tf.cast(grey, tf.float64)) / tf.cast(tf.size(grey), tf.float64)
+    level = tf.cast(tf.floor(mean + 0.5), tf.int32)
+    return _pil_blend(tf.fill(tf.shape(image), level), image, factor)
+
+
+def pil_brightness(image, factor):
+    return _pil_blend(tf.zeros_like(image), image, factor)
+
+
+def pil_sharpness(image, factor):
+    """PIL `ImageEnhance.Sharpness`: blend with `ImageFilter.SMOOTH`."""
+    return _pil_blend(_pil_smooth(image), image, factor)
+
+
+def _pil_smooth(image):
+    """PIL `ImageFilter.SMOOTH` ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13); border pixels kept."""
+    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+    x = tf.cast(image, tf.float32)[None]
+    smooth = tf.nn.depthwise_conv2d(x, kernel, strides=[1, 1, 1, 1], padding="VALID")[0]
+    smooth = tf.cast(tf.round(tf.clip_by_value(smooth, 0.0, 255.0)), tf.uint8)
+    return tf.tensor_scatter_nd_update(image, _interior_indices(image), tf.reshape(smooth, [-1, 3]))
+
+
+def _interior_indices(image):
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    ys, xs = tf.meshgrid(tf.range(1, h - 1), tf.range(1, w - 1), indexing="ij")
+    return tf.reshape(tf.stack([ys, xs], -1), [-1, 2])
+
+
+def _enhance_increasing(magnitude, negate):
+    """timm `_enhance_increasing_level_to_arg`: max(0.1, 1 +- 0.9 m / 10)."""
+    factor = 1.0 + _signed(magnitude / _LEVEL_DENOM * 0.9, negate)
+    return tf.maximum(tf.constant(0.1, tf.float64), factor)
+
+
+def _enhance(magnitude, negate):
+    """timm `_enhance_level_to_arg`: 1.8 m / 10 + 0.1 (no sign)."""
+    del negate
+    return magnitude / _LEVEL_DENOM * 1.8 + 0.1
+
+
+def _level_int(magnitude, scale):
+    """Python's `int(m / 10 * scale)` for m >= 0."""
+    return tf.cast(tf.floor(magnitude / _LEVEL_DENOM * scale), tf.int32)
+
+
+# timm's ops by name: f(uint8 image, magnitude (float64), negate (bool), fill) -> image, each
+# with its `LEVEL_TO_ARG` rule.
+TIMM_OPS = {
+    "AutoContrast": lambda x, m, s, f: pil_auto_contrast(x),
+    "Equalize": lambda x, m, s, f: equalize(x, None, None),
+    "Invert": lambda x, m, s, f: invert(x, None, None),
+    "Rotate": timm_rotate,
+    "Posterize": lambda x, m, s, f: pil_posterize(x, tf.minimum(_level_int(m, 4.0), 8)),
+    "PosterizeIncreasing": lambda x, m, s, f: pil_posterize(x, 4 - _level_int(m, 4.0)),
+    "PosterizeOriginal": lambda x, m, s, f: pil_posterize(
+        x, tf.minimum(_level_int(m, 4.0) + 4, 8)
+    ),
+    "Solarize": lambda x, m, s, f: pil_solarize(x, tf.minimum(256, _level_int(m, 256.0))),
+    "SolarizeIncreasing": lambda x, m, s, f: pil_solarize(
+        x, 256 - tf.minimum(256, _level_int(m, 256.0))
+    ),
+    "SolarizeAdd": lambda x, m, s, f: pil_solarize_add(x, tf.minimum(128, _level_int(m, 110.0))),
+    "Color": lambda x, m, s, f: pil_color(x, _enhance(m, s)),
+    "ColorIncreasing": lambda x, m, s, f: pil_color(x, _enhance_increasing(m, s)),
+    "Contrast": lambda x, m, s, f: pil_contrast(x, _enhance(m, s)),
+    "ContrastIncreasing": lambda x, m, s, f: pil_contrast(x, _enhance_increasing(m, s)),
+    "Brightness": lambda x, m, s, f: pil_brightness(x, _enhance(m, s)),
+    "BrightnessIncreasing": lambda x, m, s, f: pil_brightness(x, _enhance_increasing(m, s)),
+    "Sharpness": lambda x, m, s, f: pil_sharpness(x, _enhance(m, s)),
+    "SharpnessIncreasing": lambda x, m, s, f: pil_sharpness(x, _enhance_increasing(m, s)),
+    "ShearX": timm_shear_x,
+    "ShearY": timm_shear_y,
+    "TranslateXRel": timm_translate_x_rel,
+    "TranslateYRel": timm_translate_y_rel,
+}
+
+# timm's `_RAND_TRANSFORMS` and `_RAND_INCREASING_TRANSFORMS` ('inc1'), in timm's order.
+TIMM_RAND_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
+    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
+    "TranslateYRel",
+)
+TIMM_RAND_INCREASING_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+    "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+    "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)
+_TIMM_POLICY_KEYS = ("m", "n", "p", "mstd", "mmax", "inc")
+
+
+def _policy_error(spec: str) -> ValueError:
+    return ValueError(
+        f"Unknown RandAugment policy {spec!r}; config.data.auto_augment takes timm's "
+        "'rand-<sections>' with sections m<magnitude 0..10>, n<layers>, p<probability 0..1>, "
+        "mstd<std >= 0>, mmax<max magnitude>, inc<0|1> (e.g. 'rand-m9-mstd0.5-inc1'), or ''."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmRandAugment:
+    """timm's RandAugment settings, as `rand_augment_transform` parses them (its defaults)."""
+
+    num_layers: int = 2
+    magnitude: float = 10.0
+    prob: float = 0.5  # of applying each chosen op
+    magnitude_std: float = 0.0  # inf: magnitude ~ U(0, magnitude)
+    magnitude_max: float = _LEVEL_DENOM
+    increasing: bool = False
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return TIMM_RAND_INCREASING_OPS if self.increasing else TIMM_RAND_OPS
+
+
+def parse_timm_policy(spec: str) -> TimmRandAugment:
+    """timm's `rand_augment_transform` config string, e.g. 'rand-m9-mstd0.5-inc1'."""
+    sections = spec.split("-")
+    if sections[0] != "rand":
+        raise _policy_error(spec)
+    values = {}
+    for section in sections[1:]:
+        match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d*)?)", section)
+        if not match or match[1] not in _TIMM_POLICY_KEYS:
+            raise _policy_error(spec)
+        values[match[1]] = float(match[2])
+    mstd = values.get("mstd", 0.0)
+    policy = TimmRandAugment(
+        num_layers=int(values.get("n", 2)),
+        magnitude=int(values.get("m", _LEVEL_DENOM)),  # timm parses int(val)
+        prob=values.get("p", 0.5),
+        magnitude_std=math.inf if mstd > 100 else mstd,  # timm: > 100 means uniform
+        magnitude_max=int(values.get("mmax", _LEVEL_DENOM)),
+        increasing=bool(int(values.get("inc", 0))),
+    )
+    if not (0 <= policy.magnitude <= policy.magnitude_max and 0 <= policy.prob <= 1):
+        raise _policy_error(spec)
+    return policy
+
+
+def timm_magnitude(seed, magnitude: float, std: float, upper: float) -> tf.Tensor:
+    """timm `AugmentOp`'s magnitude: N(magnitude, std) (U(0, magnitude) if std is inf), clipped
+    to [0, upper], float64; `magnitude` itself if std is 0."""
+    if std == 0:
+        drawn = tf.constant(magnitude, tf.float64)
+    elif math.isinf(std):
+        drawn = tf.random.stateless_uniform([], seed, 0.0, magnitude, tf.float64)
+    else:
+        drawn = magnitude + std * tf.random.stateless_normal([], seed, dtype=tf.float64)
+    return tf.clip_by_value(drawn, 0.0, float(upper))
+
+
+def timm_op(image, name: str, prob: float, magnitude: float, std: float, upper: float, seed,
+            fill):
+    """timm `AugmentOp.__call__`: with probability `prob`, op `name` at a drawn magnitude and
+    random direction; otherwise the image unchanged."""
+    apply_seed, magnitude_seed, sign_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=3)
+    )
+    m = timm_magnitude(magnitude_seed, magnitude, std, upper)
+    negate = tf.random.stateless_uniform([], sign_seed) < 0.5
+    apply = tf.random.stateless_uniform([], apply_seed) < prob
+    return tf.cond(
+        apply, lambda: TIMM_OPS[name](image, m, negate, fill), lambda: tf.identity(image)
+    )
+
+
+def timm_randaugment(image: tf.Tensor, seed: tf.Tensor, policy: TimmRandAugment, fill):
+    """timm's `RandAugment`: `num_layers` ops drawn uniformly with replacement from
+    `policy.ops`, each applied as `timm_op`; `fill` is the RGB fill of geometric ops."""
+    ops = policy.ops
+    shape = image.shape
+
+    def layer(i, image):
+        choice_seed, op_seed = tf.unstack(
+            tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(seed, i)
+            )
+        )
+        choice = tf.random.stateless_uniform([], choice_seed, maxval=len(ops), dtype=tf.int32)
+        branches = [
+            lambda name=name: tf.ensure_shape(
+                timm_op(image, name, policy.prob, policy.magnitude, policy.magnitude_std,
+                        policy.magnitude_max, op_seed, fill),
+                shape,
+            )
+            for name in ops
+        ]
+        return i + 1, tf.switch_case(choice, branches)
+
+    _, image = tf.while_loop(
+        lambda i, _: i < policy.num_layers, layer, [tf.constant(0), image]
+    )
+    return image
+
+
+def pil_affine_bilinear(image: tf.Tensor, matrix, fill) -> tf.Tensor:
+    """PIL `Image.transform(size, AFFINE, matrix, BILINEAR, fillcolor=fill)` on uint8 RGB (pycls's
+    AutoAugment resamples so): the sample points of `pil_affine`, then PIL Geometry.c `BILINEAR`,
+    `a + (b - a) d` along x and then y in float64, edge pixels repeated, truncated to uint8."""
+    a = [tf.cast(v, tf.float64) for v in matrix]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+    ys = tf.cast(tf.range(h), tf.float64)[:, None] + 0.5
+    xs = tf.cast(tf.range(w), tf.float64)[None, :] + 0.5
+    xin = a[0] * xs + a[1] * ys + a[2]
+    yin = a[3] * xs + a[4] * ys + a[5]
+    inside = (xin >= 0.0) & (xin < wf) & (yin >= 0.0) & (yin < hf)
+    xin, yin = xin - 0.5, yin - 0.5
+    x0, y0 = tf.floor(xin), tf.floor(yin)
+    dx, dy = (xin - x0)[..., None], (yin - y0)[..., None]
+    cols = [tf.clip_by_value(tf.cast(x0, tf.int32) + t, 0, w - 1) for t in (0, 1)]
+    rows = [tf.clip_by_value(tf.cast(y0, tf.int32) + t, 0, h - 1) for t in (0, 1)]
+    pixels = tf.cast(image, tf.float64)
+
+    def row(r):  # the line along x through row rows[r]: (H, W, 3)
+        left, right = (tf.gather_nd(pixels, tf.stack([rows[r], c], -1)) for c in cols)
+        return left + (right - left) * dx
+
+    top, bottom = row(0), row(1)
+    value = tf.cast(top + (bottom - top) * dy, tf.uint8)  # in [0, 255]; PIL truncates
+    fill = tf.broadcast_to(tf.constant(fill, tf.uint8), tf.shape(image))
+    return tf.where(inside[..., None], value, fill)

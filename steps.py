@@ -18,9 +18,9 @@ from jax.sharding import Mesh, PartitionSpec
 
 import data_config
 import data_parallel
+import mixing
 import optim
 import sam
-from mixing import mix_batch
 from sharding import BATCH_AXES, batch_sharding, replicated
 from vit.posemb import resize_grid
 
@@ -108,6 +108,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     mixup_alpha: float = 0.0,
     cutmix_alpha: float = 0.0,
+    mix_mode: str = "switch",
     grad_accum_steps: int = 1,
     ema_decay: float | None = None,
     sam_rho: float = 0.0,
@@ -132,6 +133,10 @@ def make_train_step(
     device in equal parts. A step whose loss or gradient is not finite leaves params, optimizer
     state and EMA unchanged and is counted.
 
+    MixUp/CutMix (`mixing.mix`, `mix_mode` 'switch' or 'halves') run per device after
+    normalisation; in 'halves' mode (the NFNet reference) the step trains on half the examples
+    of the batch, each a mix of two (micro-batches and SAM groups are then formed from those).
+
     With `sam_rho` > 0 the gradient is SAM's descent gradient (`sam.py`: ascent on the first
     `sam_ascent_fraction` of each of `sam_num_groups` groups of the batch). BatchNorm then
     normalises with each group's statistics, and the running statistics are the mean over
@@ -142,6 +147,7 @@ def make_train_step(
     """
     if sam_rho > 0 and grad_accum_steps > 1:
         raise ValueError("SAM (sam_rho > 0) does not combine with grad_accum_steps > 1.")
+    inputs_per_example = mixing.inputs_per_trained_example(mix_mode, mixup_alpha, cutmix_alpha)
 
     def loss_and_grads(params, batch_stats, images, targets, keys, bn_axes):
         """(mean loss, logits, new batch_stats, gradients) of this device's examples."""
@@ -222,12 +228,15 @@ def make_train_step(
         def on_device(params, batch_stats, images, labels):
             params = data_parallel.gather_params(params, specs)
             positions = data_parallel.example_positions(images.shape[0])
-            keys = data_parallel.example_keys(dropout_rng, positions)
             images = normalize(images)
             targets = smoothed_targets(labels, num_classes, label_smoothing)
-            images, targets = mix_batch(  # identity without MixUp and CutMix
-                mix_rng, images, targets, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
+            # Identity without MixUp and CutMix; in 'halves' mode half as many come out, with
+            # their labels and positions in the trained batch.
+            images, targets, labels, positions = mixing.mix(
+                mix_rng, images, targets, labels, positions, mode=mix_mode,
+                mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
             )
+            keys = data_parallel.example_keys(dropout_rng, positions)
             if sam_rho > 0:
                 loss, logits, stats, grads = sam_grads(
                     params, batch_stats, images, targets, positions, dropout_rng, num_devices
@@ -290,7 +299,7 @@ def make_train_step(
         )
         metrics = {
             "train_loss": loss,
-            "train_top1": correct / batch["label"].shape[0],
+            "train_top1": correct / (batch["label"].shape[0] // inputs_per_example),
             "grad_norm": grad_norm,
             "param_norm": optax.tree.norm(state.params),
             "lr": schedule(state.step),
@@ -387,6 +396,7 @@ def jit_train_step(config, model, optimizer, schedule, mesh, state_sharding):
         label_smoothing=config.label_smoothing,
         mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha,
+        mix_mode=config.get("mix_mode", "switch"),
         grad_accum_steps=config.grad_accum_steps,
         ema_decay=config.ema_decay,
         sam_rho=config.sam.rho,

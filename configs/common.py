@@ -128,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.mixup_alpha = 0.0
     c.cutmix_alpha = 0.0
+    # How MixUp and CutMix combine (mixing.py): 'switch' (timm: one of the two per batch, coin
+    # flip) or 'halves' (the NFNet reference: MixUp on half the pairs, CutMix on the other half;
+    # each trained example mixes two examples read, so a step trains on half the batch).
+    c.mix_mode = "switch"
     c.ema_decay = ml_collections.FieldReference(None, field_type=float)  # None: no EMA.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices.
     c.fsdp_min_shard_size = 2**18  # Smaller tensors are replicated.

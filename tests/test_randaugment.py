@@ -1,7 +1,10 @@
 """RandAugment ops against PIL, the library whose operations they reproduce."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import scipy.stats
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -140,3 +143,57 @@ def test_randaugment_is_seeded_and_identity_with_zero_layers():
     np.testing.assert_array_equal(ra.randaugment(tf.constant(image), SEED, 0, 9).numpy(), image)
     with pytest.raises(ValueError, match="randaugment"):
         ra.randaugment(tf.constant(image), SEED, -1, 9)
+
+
+# timm's RandAugment ("rand-m9-mstd0.5-inc1", ConvNeXt): ops against timm's, exported by
+# tests/fixtures/export_timm_augment_fixtures.py.
+TIMM_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "timm_augment_ops.npz"
+
+
+def test_timm_ops_match_timm_exactly():
+    fixtures = np.load(TIMM_FIXTURES)
+    images, fill = fixtures["images"], tuple(int(v) for v in fixtures["fill"])
+    cases = [key for key in fixtures.files if key.startswith("op/")]
+    assert {key.split("/")[1] for key in cases} >= set(ra.TIMM_RAND_INCREASING_OPS)
+    for key in cases:
+        _, name, magnitude, negate = key.split("/")
+        for image, expected in zip(images, fixtures[key], strict=True):
+            out = ra.TIMM_OPS[name](
+                tf.constant(image), tf.constant(float(magnitude), tf.float64),
+                tf.constant(negate == "1"), fill,
+            )
+            np.testing.assert_array_equal(out.numpy(), expected, err_msg=key)
+
+
+def test_timm_magnitudes_are_clipped_normals():
+    # timm AugmentOp: random.gauss(9, 0.5), clipped to [0, 10].
+    seeds = tf.random.experimental.stateless_split(tf.constant([5, 6], tf.int64), num=4000)
+    draw = tf.function(lambda s: ra.timm_magnitude(s, 9.0, 0.5, 10.0))
+    magnitudes = tf.map_fn(draw, seeds, fn_output_signature=tf.float64).numpy()
+    assert magnitudes.max() == 10.0 and 0.01 < np.mean(magnitudes == 10.0) < 0.04  # P = 2.3%
+    inside = magnitudes[magnitudes < 10.0]
+    truncated = scipy.stats.truncnorm(-np.inf, (10.0 - 9.0) / 0.5, loc=9.0, scale=0.5)
+    assert scipy.stats.kstest(inside, truncated.cdf).pvalue > 1e-3
+
+
+def test_timm_policy_strings_parse_as_timm_does():
+    policy = ra.parse_timm_policy("rand-m9-mstd0.5-inc1")
+    assert policy == ra.TimmRandAugment(
+        num_layers=2, magnitude=9, prob=0.5, magnitude_std=0.5, increasing=True
+    )
+    assert policy.ops == ra.TIMM_RAND_INCREASING_OPS and len(policy.ops) == 15
+    assert ra.parse_timm_policy("rand-n3-m7-mstd101").magnitude_std == np.inf
+    for bad in ("rand-m9-x1", "rnd-m9", "rand-m11", "rand-p2"):
+        with pytest.raises(ValueError, match="rand-m9-mstd0.5-inc1"):
+            ra.parse_timm_policy(bad)
+
+
+def test_timm_randaugment_is_seeded_and_applies_about_half_the_ops():
+    image = photo(16, 16)
+    policy = ra.parse_timm_policy("rand-m9-mstd0.5-inc1")
+    run_policy = tf.function(lambda s: ra.timm_randaugment(tf.constant(image), s, policy,
+                                                           (124, 116, 104)))
+    outs = [run_policy(tf.constant([i, 3], tf.int64)).numpy() for i in range(24)]
+    np.testing.assert_array_equal(outs[0], run_policy(tf.constant([0, 3], tf.int64)).numpy())
+    unchanged = np.mean([np.array_equal(o, image) for o in outs])
+    assert 0.1 < unchanged < 0.45  # both ops skipped (1/4), or no-ops on this image
