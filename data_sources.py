@@ -14,10 +14,17 @@ Every source has `len()`, `num_classes` (None when unknown), `encoded` (images a
 bytes rather than uint8 arrays of `image_shape`), `read(records) -> (images, labels)` in numpy
 and `tf_read(records)` for use inside a tf.data graph, and `describe(record)` for error messages.
 `open_source(data_config, split)` picks the source named by `config.data.name`.
+
+Reads are batched: the pipeline makes one `read` call per host batch, and each source serves the
+whole batch at once, in the order asked, with its waits outside Python's GIL: ArrayRecord through
+the data source's `__getitems__` (array_record reads each shard's records in parallel in C++),
+image files through a thread pool, arrays by indexing. A record that cannot be read raises
+`RecordReadError` naming it.
 """
 
 import os
 import zlib
+from concurrent import futures
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +34,30 @@ SYNTHETIC = "synthetic"
 DIGITS = "digits"
 IMAGE_FOLDER = "image_folder"
 NPZ = "npz"
+# Threads that read image files: reads wait on storage with the GIL released, so more threads
+# than cores overlap the waits (the default of Python's ThreadPoolExecutor, min(32, cores + 4)).
+FILE_READ_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+
+class RecordReadError(OSError):
+    """A record could not be read from storage (missing, unreadable or corrupt)."""
+
+
+def _read_naming_the_failure(source, keys: list[int], read_batch, read_one):
+    """`read_batch(keys)`; if it fails, the error naming the first key that `read_one` cannot
+    read on its own (or the batch's error, when each key reads alone)."""
+    try:
+        return read_batch(keys)
+    except Exception:  # Whatever the storage library raises: find the record.
+        for key in keys:
+            try:
+                read_one(key)
+            except Exception as cause:
+                raise RecordReadError(
+                    f"Could not read {source.describe(key)} ({type(cause).__name__}: {cause}); "
+                    "check that the data is complete and readable, or prepare it again."
+                ) from cause
+        raise
 
 
 class RandomAccessSource:
@@ -159,6 +190,10 @@ class ImageFolderSource(RandomAccessSource):
             labels += [label] * len(files)
         self._labels = np.asarray(labels, np.int32)
         self.num_classes = len(self.classes)
+        # Its threads start on the first read, so opening a source starts none.
+        self._executor = futures.ThreadPoolExecutor(
+            FILE_READ_THREADS, thread_name_prefix="image_folder_read"
+        )
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -166,18 +201,29 @@ class ImageFolderSource(RandomAccessSource):
     def read(self, records):
         records = self._check_records(records)
         images = np.empty(len(records), dtype=object)
-        for i, r in enumerate(records):
-            with open(self._paths[r], "rb") as f:
-                images[i] = f.read()
+        images[:] = list(self._executor.map(self._read_file, records))  # In record order.
         return images, self._labels[records]
+
+    def _read_file(self, record: int) -> bytes:
+        try:
+            with open(self._paths[record], "rb") as f:
+                return f.read()
+        except OSError as error:
+            raise RecordReadError(
+                f"Could not read {self.describe(int(record))} ({error.strerror or error}); "
+                "restore the file or remove it from the class folder."
+            ) from error
 
     def describe(self, record: int) -> str:
         return f"image file {self._paths[record]} (record {record})"
 
 
 class TfdsSource(RandomAccessSource):
-    """A split of a TFDS dataset in ArrayRecord format, read with `tfds.data_source`; images are
-    kept encoded (`SkipDecoding`) and decoded in the tf.data graph."""
+    """A split of a TFDS dataset in ArrayRecord format, read with `tfds.data_source` as serialized
+    tf.train.Examples and parsed by TensorFlow as TFDS's `as_dataset` parses them (one
+    `tf.io.parse_example` per batch, with the features' `tf_example_spec`, rather than tfds's
+    per-record Python deserialization); images stay encoded and are decoded by the
+    preprocessing."""
 
     def __init__(
         self,
@@ -196,29 +242,53 @@ class TfdsSource(RandomAccessSource):
                 split=split,
                 data_dir=data_dir,
                 download=False,
-                decoders={image_key: tfds.decode.SkipDecoding()},
+                deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
             )
         except Exception as error:  # Explain what to prepare, then keep tfds's message below.
             raise _diagnose_tfds(name, split, data_dir) from error
         self._name, self._split = name, split
         self._image_key, self._label_key = image_key, label_key
-        self.num_classes = None
-        label = self._source.dataset_info.features[label_key]
-        if hasattr(label, "num_classes"):
-            self.num_classes = label.num_classes
+        features = self._source.dataset_info.features
+        spec = features.tf_example_spec
+        for what, key in (("image_key", image_key), ("label_key", label_key)):
+            if key not in spec:
+                raise ValueError(
+                    f"TFDS dataset {name!r} has no feature {key!r}; set config.data.{what} to "
+                    f"one of its features, {sorted(spec)}."
+                )
+        self._example_spec = {image_key: spec[image_key], label_key: spec[label_key]}
+        self.num_classes = getattr(features[label_key], "num_classes", None)
 
     def __len__(self) -> int:
         return len(self._source)
 
     def read(self, records):
-        records = self._check_records(records)
-        images = np.empty(len(records), dtype=object)
-        labels = np.empty(len(records), np.int32)
-        for i, r in enumerate(records):
-            example = self._source[int(r)]
-            images[i] = example[self._image_key]
-            labels[i] = example[self._label_key]
-        return images, labels
+        keys = [int(r) for r in self._check_records(records)]
+        images, labels = _read_naming_the_failure(self, keys, self._read_and_parse, self._read_one)
+        return images.numpy(), labels.numpy()
+
+    def _read_serialized(self, keys: list[int]) -> tf.Tensor:
+        """The serialized examples of `keys`, from one batched call: array_record reads the
+        shards in parallel threads, and the records of a shard in parallel in C++, with the GIL
+        released."""
+        return tf.constant(self._source.__getitems__(keys), tf.string, shape=[len(keys)])
+
+    def _read_and_parse(self, keys: list[int]) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._parse(self._read_serialized(keys))
+
+    def _read_one(self, key: int) -> None:
+        """Reads and parses record `key` alone, raising what stops it."""
+        serialized = self._read_serialized([key])
+        try:
+            self._parse(serialized)
+        except Exception as error:  # TF may fail to decode its own message (tensorflow#5676).
+            raise ValueError(
+                "it is not a serialized tf.train.Example with the dataset's features"
+            ) from error
+
+    def _parse(self, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        example = tf.io.parse_example(serialized, self._example_spec)
+        return example[self._image_key], tf.cast(example[self._label_key], tf.int32)
 
     def describe(self, record: int) -> str:
         return f"record {record} of tfds {self._name} split {self._split!r}"

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 import augment
+import autoaugment
 import data_sources
 
 Batch = dict[str, np.ndarray]
@@ -85,6 +86,12 @@ def _check_config(c) -> None:
         len(c.randaugment) != 2 or c.randaugment[0] < 0 or c.randaugment[1] < 0
     ):
         fail(f"randaugment is {c.randaugment}", "set it to None or (layers, magnitude)")
+    policy = c.get("auto_augment", "")
+    if policy and c.randaugment is not None:
+        fail(f"randaugment {c.randaugment} and auto_augment {policy!r} are both set",
+             "keep one of them (set the other to None or '')")
+    if policy:
+        autoaugment.check_policy(policy)  # an unknown policy: one sentence naming the valid
     if not 0 <= c.random_erasing <= 1:
         fail(f"random_erasing is {c.random_erasing}", "choose a probability in [0, 1]")
     if int(c.repeated_augmentation) < 1:
@@ -212,7 +219,11 @@ def _dataset(plan: _Plan, first_batch: int, overrides: dict[int, int]) -> tf.dat
     stop = plan.num_batches if plan.num_batches is not None else np.iinfo(np.int64).max
     ds = tf.data.Dataset.range(first_batch, stop)
     ds = ds.map(plan.elements)
+    # One read call per host batch (`source.tf_read`), run ahead of the preprocessing so that
+    # storage waits overlap it rather than stall it; order and errors stay in place.
     ds = ds.map(lambda e: _read(plan, e, overrides), num_parallel_calls=plan.num_parallel_calls)
+    if plan.prefetch:
+        ds = ds.prefetch(plan.prefetch)
     ds = ds.unbatch()
 
     def preprocess(e):
@@ -377,6 +388,7 @@ def train_preprocessing(data_config) -> augment.TrainPreprocessing:
         aspect_ratio_range=tuple(c.crop_aspect_ratio_range),
         flip=bool(c.random_flip),
         randaugment=None if c.randaugment is None else tuple(c.randaugment),
+        auto_augment=c.get("auto_augment", "") or "",
         random_erasing=float(c.random_erasing),
         mean=tuple(c.mean),
         std=tuple(c.std),
@@ -447,6 +459,43 @@ def create_train_iterator(
     return _iterate(plan, start_step)
 
 
+# Host memory the preprocessed eval batches may take to be kept between evaluations (per
+# host); bigger eval splits are read and decoded again at every evaluation.
+EVAL_CACHE_MAX_BYTES = 4 * 2**30
+
+
+class EvalBatches:
+    """This host's eval batches (see `create_eval_iterator`), built once and iterable any number
+    of times: every pass starts at the first batch and yields the same batches. The batches of
+    the first complete pass are kept (read-only) when they take at most `cache_max_bytes`, so
+    later passes neither read nor decode, as big_vision's evaluators cache their preprocessed
+    data (`cache_final`); otherwise every pass reads and decodes the split again."""
+
+    def __init__(self, plan: "_Plan", cache_max_bytes: int):
+        self._plan = plan
+        self._cache_max_bytes = cache_max_bytes
+        self._cache: list[Batch] | None = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._cache is not None:
+            return iter(self._cache)
+        return self._first_pass()
+
+    def _first_pass(self) -> Iterator[Batch]:
+        kept: list[Batch] | None = []
+        for batch in _iterate(self._plan, 0):
+            batch_bytes = sum(array.nbytes for array in batch.values())
+            if kept is not None and batch_bytes * self._plan.num_batches <= self._cache_max_bytes:
+                for array in batch.values():
+                    array.flags.writeable = False  # Later passes yield these same arrays.
+                kept.append(batch)
+            else:
+                kept = None
+            yield batch
+        if kept is not None:
+            self._cache = kept
+
+
 def create_eval_iterator(
     data_config,
     *,
@@ -458,6 +507,21 @@ def create_eval_iterator(
     """This host's slices of `ceil(N / global_batch_size)` global batches covering the eval
     split once, in record order; slots past the end are padding with `mask` False and index -1.
     """
+    return iter(create_eval_pipeline(data_config, global_batch_size=global_batch_size,
+                                     process_index=process_index, process_count=process_count,
+                                     source=source, cache_max_bytes=0))
+
+
+def create_eval_pipeline(
+    data_config,
+    *,
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    source: data_sources.RandomAccessSource | None = None,
+    cache_max_bytes: int = EVAL_CACHE_MAX_BYTES,
+) -> EvalBatches:
+    """The batches of `create_eval_iterator` as an `EvalBatches`, to evaluate many times."""
     source = _open(data_config, data_config.eval_split, source)
     lo, hi = _host_range(global_batch_size, process_index, process_count)
     n = len(source)
@@ -485,7 +549,7 @@ def create_eval_iterator(
         is_eval=True,
         **_parallelism(data_config),
     )
-    return _iterate(plan, 0)
+    return EvalBatches(plan, cache_max_bytes)
 
 
 def num_examples(data_config, split: str) -> int:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 import checkpoint
@@ -28,6 +29,7 @@ import finetune
 import hardware
 import input_pipeline
 import macs
+import mixing
 import models
 import optim
 import sam
@@ -83,12 +85,20 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
         need(config[field] > 0, f"{field} must be positive, got {config[field]}.")
     decay = config.ema_decay
     need(decay is None or 0 < decay < 1, f"ema_decay must be in (0, 1) or None, got {decay}.")
-    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+    mixes = config.mixup_alpha > 0 or config.cutmix_alpha > 0
     need(
-        not mixing or (batch // devices) % 2 == 0,
+        not mixes or (batch // devices) % 2 == 0,
         f"MixUp/CutMix pair neighbouring examples on each device, so the per-device batch "
         f"(global_batch_size {batch} / {devices} devices) must be even; change "
         "global_batch_size or config.mesh.",
+    )
+    mode = config.get("mix_mode", "switch")
+    need(mode in mixing.MIX_MODES,
+         f"mix_mode {mode!r} is not one of {mixing.MIX_MODES}; set config.mix_mode.")
+    need(
+        not mixes or mode != "halves" or (batch // devices // 2) % accum == 0,
+        f"mix_mode 'halves' trains on half of each device's batch, which grad_accum_steps "
+        f"({accum}) must divide; change global_batch_size or grad_accum_steps.",
     )
     validate_finetune_config(config, need, mesh)
 
@@ -211,23 +221,20 @@ def abstract_batch(batch_size: int, resolution: int, flag: str, batch_sharding) 
 
 
 
-def evaluate(eval_step, params, batch_stats, config, batch_sharding, prefix: str,
-             source=None) -> dict:
-    """Loss, top-1 and top-5 over the whole eval split, each example counted once."""
+def eval_sums(eval_step, params, batch_stats, eval_batches, batch_sharding) -> dict:
+    """Summed loss, top-1, top-5 and count over the whole eval split, each example counted
+    once, left on the devices (`eval_metrics` turns the fetched sums into means)."""
     totals = None
-    iterator = input_pipeline.create_eval_iterator(
-        config.data, global_batch_size=config.eval_batch_size, source=source
-    )
-    for host_batch in iterator:
+    for host_batch in eval_batches:
         sums = eval_step(params, batch_stats, device_batch(host_batch, "mask", batch_sharding))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    return totals
+
+
+def eval_metrics(totals: dict, prefix: str) -> dict:
+    """{prefix}loss, top1 and top5: the means of fetched `eval_sums`."""
     count = float(totals["count"])
-    return {
-        f"{prefix}loss": float(totals["loss"]) / count,
-        f"{prefix}top1": float(totals["top1"]) / count,
-        f"{prefix}top5": float(totals["top5"]) / count,
-    }
+    return {f"{prefix}{key}": float(totals[key]) / count for key in ("loss", "top1", "top5")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,6 +255,27 @@ def enable_compilation_cache(config, workdir: str) -> str | None:
     directory = directory or os.path.join(workdir, "compilation_cache")
     jax.config.update("jax_compilation_cache_dir", directory)
     return directory
+
+
+def check_workdir_writable(workdir: str) -> None:
+    """Refuses a workdir that refuses writes before anything is written there: process 0
+    writes and deletes a probe file, and every process learns the outcome, so that all exit
+    with the error rather than the others waiting for process 0 at the next barrier."""
+    error = None
+    if jax.process_index() == 0:
+        probe = epath.Path(workdir) / ".write_probe"
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except Exception as e:  # OSError locally; object stores raise their own errors.
+            error = f"{type(e).__name__}: {e}"
+    if not distributed.all_processes_agree(error is None):
+        raise ConfigError(
+            f"The workdir {workdir} refuses writes ({error or 'seen from process 0'}); give a "
+            "writable --workdir, or fix its permissions or free space, and rerun the same "
+            "command."
+        )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False):
@@ -290,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
 
     if "://" not in workdir:  # Local path (orbax needs it absolute); gs://... kept as is.
         workdir = os.path.abspath(workdir)
+    check_workdir_writable(workdir)
     checkpoint.check_or_write_config(workdir, config)
     checkpointer = checkpoint.Checkpointer(
         workdir,
@@ -339,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
         log = MetricsLog(workdir, resume_step=start_step, total_steps=total_steps)
         example_log = (ExampleIndexLog(workdir, resume_step=start_step)
                        if config.log_example_indices else None)
-        train_flops_per_step = 6 * macs_per_example * config.global_batch_size
+        train_flops_per_step = 6 * macs_per_example * trained_per_step(config)
         peak = config.peak_flops_per_device or hardware.peak_flops_per_second(
             jax.devices()[0].device_kind
         )
@@ -356,13 +385,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                 flush=True,
             )
 
+        # Built once: every evaluation iterates it from its first batch again.
+        eval_batches = input_pipeline.create_eval_pipeline(
+            config.data, global_batch_size=config.eval_batch_size, source=eval_source
+        )
+
         def run_eval(state) -> dict:
-            results = evaluate(eval_step, state.params, state.batch_stats, config,
-                               batch_sharding, "eval_", eval_source)
+            """{metric prefix: eval sums on the devices} for the params and the EMA params."""
+            sums = {"eval_": eval_sums(eval_step, state.params, state.batch_stats,
+                                       eval_batches, batch_sharding)}
             if state.ema_params is not None:
-                results |= evaluate(eval_step, state.ema_params, state.batch_stats, config,
-                                    batch_sharding, "ema_eval_", eval_source)
-            return results
+                sums["ema_eval_"] = eval_sums(eval_step, state.ema_params, state.batch_stats,
+                                              eval_batches, batch_sharding)
+            return sums
 
         train_iter = input_pipeline.create_train_iterator(
             config.data,
@@ -388,16 +423,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                 is_last = step == total_steps
                 eval_due = is_last or (config.eval_every_steps > 0
                                        and step % config.eval_every_steps == 0)
+                fetched = None  # This step's values on the host.
                 if step % config.log_every_steps == 0 or eval_due:
-                    check_finite(state, config.nonfinite_policy)
+                    jax.block_until_ready(metrics)  # The step time ends here.
                     now = time.perf_counter()
                     step_time = (now - last_log_time) / (step - last_log_step)
-                    record = progress_record(
-                        step, jax.device_get(metrics), state, step_time, config, num_train,
-                        total_steps, ideal_step_time=ideal_step_time,
+                    # Everything logged, in one device-to-host copy.
+                    fetched = jax.device_get(
+                        {"train": metrics, "counters": state_counters(state),
+                         "eval": run_eval(state) if eval_due else {}}
                     )
+                    check_finite(fetched["counters"], config.nonfinite_policy)
+                    record = progress_record(
+                        step, fetched["train"], fetched["counters"], step_time, config,
+                        num_train, total_steps, ideal_step_time=ideal_step_time,
+                    )
+                    for prefix, sums in fetched["eval"].items():
+                        record |= eval_metrics(sums, prefix)
                     if eval_due:
-                        record |= run_eval(state)
                         now = time.perf_counter()  # Evaluation time is not step time.
                     last_log_time, last_log_step = now, step
                     log.write(step, record)
@@ -405,7 +448,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
 
                 preempted = checkpointer.preempted(step)
                 if checkpointer.due(step) or is_last or preempted:
-                    check_finite(state, config.nonfinite_policy)
+                    if fetched is None:
+                        fetched = {"counters": jax.device_get(state_counters(state))}
+                    check_finite(fetched["counters"], config.nonfinite_policy)
+                    # The lines up to this step are written before the checkpoint can commit.
+                    log.flush()
+                    if example_log:
+                        example_log.flush()
                     checkpointer.save(step, state)
                 if preempted and not is_last:
                     logging.warning("Preempted: saved step %d; rerun the same command to resume.",
@@ -416,21 +465,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
             try:
                 checkpointer.close()
             finally:
-                log.close()
+                try:
+                    if example_log:
+                        example_log.flush()
+                finally:
+                    log.close()
     return state
 
 
-def progress_record(step, metrics, state, step_time, config, num_train, total_steps, *,
+def state_counters(state) -> dict:
+    """The train state's counters that the loop logs and checks (device arrays)."""
+    return {"nonfinite_count": state.nonfinite_count,
+            "replaced_records": state.replaced_records,
+            "first_nonfinite_step": state.first_nonfinite_step}
+
+
+def trained_per_step(config) -> int:
+    """Examples a step trains on: the global batch, or half of it where each trained example
+    mixes two (mix_mode 'halves')."""
+    reads = mixing.inputs_per_trained_example(
+        config.get("mix_mode", "switch"), config.mixup_alpha, config.cutmix_alpha
+    )
+    return config.global_batch_size // reads
+
+
+def progress_record(step, metrics, counters, step_time, config, num_train, total_steps, *,
                     ideal_step_time) -> dict:
-    """The metrics.jsonl fields of a logged step (train metrics of that very step)."""
+    """The metrics.jsonl fields of a logged step (train metrics of that very step), from
+    values already on the host."""
     record = dict(metrics)
     record |= {
         "epoch": step * config.global_batch_size / num_train,
-        "examples_seen": step * config.global_batch_size,
-        "nonfinite_steps": int(state.nonfinite_count),
-        "replaced_records": int(state.replaced_records),
+        "examples_seen": step * config.global_batch_size,  # read (epochs count these)
+        "examples_trained": step * trained_per_step(config),  # after mixing in 'halves' mode
+        "nonfinite_steps": int(counters["nonfinite_count"]),
+        "replaced_records": int(counters["replaced_records"]),
         "step_time": step_time,
-        "examples_per_sec": config.global_batch_size / step_time,
+        "examples_per_sec": trained_per_step(config) / step_time,
         "eta_hours": (total_steps - step) * step_time / 3600,
     }
     if ideal_step_time:
@@ -438,9 +509,10 @@ def progress_record(step, metrics, state, step_time, config, num_train, total_st
     return record
 
 
-def check_finite(state, policy: str) -> None:
-    """With the 'halt' policy, stops (before any checkpoint) at the first NaN/Inf step."""
-    first = int(state.first_nonfinite_step)
+def check_finite(counters: dict, policy: str) -> None:
+    """With the 'halt' policy, stops (before any checkpoint) at the first NaN/Inf step;
+    `counters` are the fetched `state_counters(state)`."""
+    first = int(counters["first_nonfinite_step"])
     if policy == "halt" and first >= 0:
         raise FloatingPointError(
             f"Loss or gradient was NaN/Inf at step {first}; the update was not applied and no "
@@ -468,8 +540,8 @@ def print_dry_run(config, mesh, abstract_state, state_sharding, num_params, macs
     print(f"steps            {total_steps:,} ({warmup_steps:,} warm-up), batch "
           f"{config.global_batch_size}, {total_steps * config.global_batch_size / num_train:.3f} "
           f"epochs of {num_train:,} examples")
-    print(f"train FLOPs      {6 * macs_per_example * config.global_batch_size * total_steps:.3e} "
-          "(6 x MACs x examples)")
+    print(f"train FLOPs      {6 * macs_per_example * trained_per_step(config) * total_steps:.3e} "
+          "(6 x MACs x examples trained)")
     print("param shardings:")
     for line in sharding.describe(state_sharding.params, abstract_state.params):
         print("  " + line)
@@ -486,7 +558,8 @@ def main(argv) -> None:
     try:
         train_and_evaluate(config, _WORKDIR.value, dry_run=_DRY_RUN.value)
     except (ConfigError, checkpoint.RunMismatchError, checkpoint.CheckpointSaveError,
-            FloatingPointError, input_pipeline.CorruptRecordError) as error:
+            checkpoint.CheckpointRestoreError, FloatingPointError,
+            input_pipeline.CorruptRecordError, distributed.StartupError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:  # E.g. a full disk or an unwritable workdir for metrics.

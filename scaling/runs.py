@@ -21,6 +21,8 @@ import json
 import math
 import pathlib
 
+from etils import epath
+
 import metric_logging
 from scaling import compute
 
@@ -99,7 +101,7 @@ class RunsError(ValueError):
     """Runs that cannot be used as they are; the message names them and the fix."""
 
 
-def _get(config: dict, dotted: str, source: pathlib.Path):
+def _get(config: dict, dotted: str, source: epath.Path):
     value = config
     for key in dotted.split("."):
         if not isinstance(value, dict) or key not in value:
@@ -108,7 +110,7 @@ def _get(config: dict, dotted: str, source: pathlib.Path):
     return value
 
 
-def read_metrics(path: pathlib.Path) -> list[dict]:
+def read_metrics(path: epath.Path) -> list[dict]:
     """The records of a metrics.jsonl, one file or written in parts (`metric_logging`)."""
     try:
         lines = metric_logging.read_lines(path)
@@ -131,7 +133,7 @@ def _uses_ema(config: dict) -> bool:
     return bool(decay) and float(decay) > 0
 
 
-def _read_config(workdir: pathlib.Path) -> tuple[dict, dict]:
+def _read_config(workdir: epath.Path) -> tuple[dict, dict]:
     """The run's config.json and its `_CONFIG_FIELDS`, checked."""
     config_path = workdir / "config.json"
     if not config_path.is_file():
@@ -147,41 +149,53 @@ def _read_config(workdir: pathlib.Path) -> tuple[dict, dict]:
     return config, cfg
 
 
-def _final_eval(workdir: pathlib.Path, config: dict, cfg: dict):
-    """(last eval record, examples seen, metric prefix, "") of a finished run, or
-    (None, examples seen, "", reason) of an unfinished one."""
+def _final_eval(workdir: epath.Path, config: dict, cfg: dict):
+    """(last eval record, (examples read, examples trained), metric prefix, "") of a finished
+    run, or (None, (read, trained), "", reason) of an unfinished one. Trained examples are fewer
+    than those read where each mixes two (mix_mode 'halves'); runs that do not log them trained
+    on every example read."""
     metrics_path = workdir / "metrics.jsonl"
     records = read_metrics(metrics_path)
     target = float(cfg["total_epochs"]) * int(cfg["num_train_examples"])
     done_at = target - int(cfg["global_batch_size"])
     evals = [r for r in records if "eval_loss" in r]
     last_seen = max((float(r.get("examples_seen", 0)) for r in records), default=0.0)
+    trained = max((float(r.get("examples_trained", 0)) for r in records), default=0.0)
     if not evals or float(evals[-1].get("examples_seen", 0)) < done_at:
         reason = f"{workdir}: unfinished ({last_seen:.4g} of {target:.4g} examples evaluated)"
-        return None, last_seen, "", reason
+        return None, (last_seen, trained or last_seen), "", reason
     last = evals[-1]
     prefix = "ema_" if _uses_ema(config) else ""
     for key in (f"{prefix}eval_loss", "examples_seen"):
         if key not in last:
             raise RunsError(f"{metrics_path}: the last eval line has no `{key}`.")
-    return last, last_seen, prefix, ""
+    return last, (last_seen, trained or last_seen), prefix, ""
 
 
-def read_workdir(workdir: str | pathlib.Path) -> tuple[dict | None, str]:
+def workdir_path(workdir) -> epath.Path:
+    """A work directory, local or on an object store (gs://...), as train.py writes them."""
+    return epath.Path(workdir)
+
+
+def read_workdir(workdir) -> tuple[dict | None, str]:
     """(row, "") for a finished run, (None, reason) for an unfinished one; raises if malformed."""
-    workdir = pathlib.Path(workdir)
+    workdir = workdir_path(workdir)
     config, cfg = _read_config(workdir)
-    last, last_seen, prefix, reason = _final_eval(workdir, config, cfg)
+    last, (last_seen, trained), prefix, reason = _final_eval(workdir, config, cfg)
     if last is None:
         return None, reason
+    overrides = config["model"].get("overrides") or {}
     cost = compute.model_cost(
-        cfg["model.name"], int(cfg["data.train_resolution"]), int(cfg["data.num_classes"])
+        cfg["model.name"],
+        int(cfg["data.train_resolution"]),
+        int(cfg["data.num_classes"]),
+        overrides=overrides,
     )
     examples = int(last_seen)  # training may log a step or two past the final evaluation
     top1 = last.get(f"{prefix}eval_top1")
     row = {
         "run": str(workdir),
-        "model": cfg["model.name"],
+        "model": compute.model_label(cfg["model.name"], overrides),
         "dataset": cfg["data.name"],
         "params": cost.params,
         "macs_per_example": cost.macs_per_example,
@@ -193,7 +207,7 @@ def read_workdir(workdir: str | pathlib.Path) -> tuple[dict | None, str]:
         "total_epochs": float(cfg["total_epochs"]),
         "examples_seen": examples,
         "epochs": examples / int(cfg["num_train_examples"]),
-        "compute_flops": compute.training_flops(cost.macs_per_example, examples),
+        "compute_flops": compute.training_flops(cost.macs_per_example, int(trained)),
         "lr": float(cfg["optimizer.learning_rate"]),
         "heldout_loss": float(last[f"{prefix}eval_loss"]),
         "top1": None if top1 is None else float(top1),
@@ -201,9 +215,9 @@ def read_workdir(workdir: str | pathlib.Path) -> tuple[dict | None, str]:
     return row, ""
 
 
-def not_a_run(path: str | pathlib.Path) -> str:
+def not_a_run(path) -> str:
     """Why `path` is not a train.py work directory, or "" when it is one."""
-    path = pathlib.Path(path)
+    path = workdir_path(path)
     if not path.is_dir():
         return f"{path}: not a run (not a directory)"
     if not (path / "config.json").is_file():
@@ -211,14 +225,14 @@ def not_a_run(path: str | pathlib.Path) -> str:
     return ""
 
 
-def init_path(workdir: str | pathlib.Path) -> str:
+def init_path(workdir) -> str:
     """The run's `config.init.path`: the pre-trained weights it started from ("" if none)."""
-    config, _ = _read_config(pathlib.Path(workdir))
+    config, _ = _read_config(workdir_path(workdir))
     init = config.get("init")
     return str(init.get("path") or "") if isinstance(init, dict) else ""
 
 
-def _loaded_step(workdir: pathlib.Path, config: dict) -> int | None:
+def _loaded_step(workdir: epath.Path, config: dict) -> int | None:
     """The pre-training checkpoint step a fine-tuning run loaded: finetune.py's report records
     it; before the report exists, `config.init.step` (-1, the latest, gives None)."""
     report = workdir / "init_report.json"
@@ -232,13 +246,11 @@ def _loaded_step(workdir: pathlib.Path, config: dict) -> int | None:
     return None if step < 0 else step
 
 
-def _pretraining(workdir: pathlib.Path, config: dict, cache: dict) -> tuple[dict | None, str]:
+def _pretraining(workdir: epath.Path, config: dict, cache: dict) -> tuple[dict | None, str]:
     """(pre-training row up to the loaded checkpoint, "") or (None, why the run is left out)."""
     source = str(config["init"]["path"])
     where = f"{workdir}: fine-tuned from {source} (config.init.path)"
-    if "://" in source:
-        return None, f"{where}, on remote storage: copy that work directory here and collect it"
-    path = pathlib.Path(source)
+    path = workdir_path(source)
     if not path.exists():
         return None, (
             f"{where}, which does not exist: restore the pre-training work directory there or "
@@ -264,14 +276,15 @@ def _pretraining(workdir: pathlib.Path, config: dict, cache: dict) -> tuple[dict
         row,
         examples_seen=examples,
         epochs=examples / row["num_train_examples"],
-        compute_flops=compute.training_flops(row["macs_per_example"], examples),
+        # Pro rata: compute counts examples trained, fewer than read in 'halves' mixing.
+        compute_flops=row["compute_flops"] * examples / row["examples_seen"],
     ), ""
 
 
 def read_finetune_workdir(workdir, cache: dict | None = None) -> tuple[dict | None, str]:
     """(fine-tuning row, "") for a finished fine-tuning run whose pre-training run is collected,
     else (None, reason); `cache` shares pre-training runs between calls."""
-    workdir = pathlib.Path(workdir)
+    workdir = workdir_path(workdir)
     config, cfg = _read_config(workdir)
     if not init_path(workdir):
         return None, f"{workdir}: not a fine-tuning run (config.init.path is not set)"

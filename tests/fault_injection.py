@@ -2,7 +2,8 @@
 
 A run here is the tiny NFNet on synthetic data (48 training examples, 3 steps per epoch, 8
 epochs) on 8 CPU devices in total, split over 1, 2 or 4 processes that find each other with
-`jax.distributed.initialize` on localhost, exactly as hosts of a TPU pod slice do. Every run
+`jax.distributed.initialize` on localhost, exactly as hosts of a TPU pod slice or tasks of a
+SLURM job do (told by JAX_* variables, or by the variables srun sets). Every run
 logs every step, checkpoints every 4 steps (asynchronously) and writes the source indices of
 every batch, so tests can compare runs line by line and audit the data order.
 """
@@ -10,6 +11,7 @@ every batch, so tests can compare runs line by line and audit the data order.
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -48,19 +50,59 @@ OVERRIDES = {
 }
 
 
+# Variables that make a process one of several (distributed.detect_launcher); a job's processes
+# get only those of their own launch, whatever the test runner's environment holds.
+LAUNCHER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                      "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "JOB_COMPLETION_INDEX")
+LAUNCHER_PREFIXES = ("SLURM_", "OMPI_")
+# JAX's SlurmCluster listens on port 61440 + job id % 4096 (jax/_src/clusters/slurm_cluster.py).
+SLURM_FIRST_PORT = 65536 - 2**12
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
 
 
+def slurm_job_id_with_free_port() -> int:
+    """A SLURM job id whose coordinator port, as JAX derives it, is free on this machine."""
+    for port in random.sample(range(SLURM_FIRST_PORT, 2**16), 100):
+        with contextlib.closing(socket.socket()) as s:
+            with contextlib.suppress(OSError):
+                s.bind(("", port))
+                return 7 * 2**12 + port - SLURM_FIRST_PORT
+    raise RuntimeError("no free port for a SLURM-style coordinator")
+
+
+def launch_variables(launcher: str, processes: int) -> list[dict[str, str]]:
+    """Each process's variables for a local job: "jax" sets JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID; "slurm" sets what srun sets for the tasks of a
+    one-node step (JAX derives the coordinator from SLURM_STEP_NODELIST and SLURM_JOB_ID)."""
+    if processes == 1:
+        return [{}]
+    if launcher == "jax":
+        port = free_port()
+        return [dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                     JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
+                for i in range(processes)]
+    assert launcher == "slurm", launcher
+    job_id = slurm_job_id_with_free_port()
+    return [dict(SLURM_JOB_ID=str(job_id), SLURM_STEP_ID="0", SLURM_NTASKS=str(processes),
+                 SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_NODEID="0",
+                 SLURM_JOB_NODELIST="localhost", SLURM_STEP_NODELIST="localhost",
+                 SLURM_JOB_NUM_NODES="1", SLURM_STEP_NUM_NODES="1")
+            for i in range(processes)]
+
+
 class Job:
     """One launch of train.py on `processes` local processes (8 devices in total)."""
 
     def __init__(self, workdir: Path, processes: int = 1, max_file_kib: int | None = None,
-                 **overrides):
+                 launcher: str = "jax", **overrides):
         """`max_file_kib` fakes a full disk: writes past that size in any file fail (EFBIG;
-        Python ignores SIGXFSZ)."""
+        Python ignores SIGXFSZ). `launcher` ("jax" or "slurm", see `launch_variables`) tells
+        several processes about each other."""
         self.workdir = workdir
         self.logs = [workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.p{i}.log"
                      for i in range(processes)]
@@ -69,14 +111,13 @@ class Job:
         command += [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
         if max_file_kib is not None:
             command = ["bash", "-c", f'ulimit -f {max_file_kib} && exec "$@"', "-", *command]
-        port = free_port()
+        inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES
+                     and not k.startswith(LAUNCHER_PREFIXES)
+                     and k != "XLA_FORCE_HOST_PLATFORM_DEVICE_COUNT"}
         self.procs = []
-        for i in range(processes):
-            env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(TOTAL_DEVICES // processes))
-            env.pop("XLA_FORCE_HOST_PLATFORM_DEVICE_COUNT", None)
-            if processes > 1:
-                env |= dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                            JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
+        for i, variables in enumerate(launch_variables(launcher, processes)):
+            env = dict(inherited, JAX_NUM_CPU_DEVICES=str(TOTAL_DEVICES // processes),
+                       **variables)
             with open(self.logs[i], "w") as log:
                 self.procs.append(subprocess.Popen(
                     command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))

@@ -141,3 +141,19 @@ def test_configs_and_the_benchmarked_step_load_without_tensorflow():
     done = subprocess.run([sys.executable, "-c", blocker], cwd=repo, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_array_record_benchmark_prints_rates_and_ratios(capsys):
+    from benchmarks import array_record_benchmark
+
+    medians = array_record_benchmark.main(
+        ["--images", "32", "--size", "16", "--resolution", "8", "--batch", "8", "--batches",
+         "1", "--rounds", "1", "--latency_ms", "1"]
+    )
+    out = capsys.readouterr().out
+    assert "0 ms per read call" in out and "1 ms per read call" in out
+    assert out.count("images/s: ours / plain") == 2 and out.count("ours / per-record") == 4
+    assert out.count("images per CPU-second: ours / plain") == 2
+    assert sorted(medians) == [0.0, 1.0]
+    assert all(m.keys() == {"ours", "plain", "per-record"} for m in medians.values())
+    assert all(rate > 0 for m in medians.values() for rate in m.values())

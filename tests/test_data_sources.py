@@ -1,11 +1,15 @@
 """Random-access sources: image folders, npz arrays, TFDS ArrayRecord, synthetic, digits."""
 
 import os
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from tensorflow_datasets.core.data_sources import array_record as tfds_array_record
 
 import data_config
 import data_sources
@@ -75,10 +79,21 @@ def test_missing_dataset_split_or_name_say_what_to_do(tmp_path):
         data_sources.TfdsSource("no_such_dataset_xyz", "train", str(tmp_path))
 
 
+def getitems_one_by_one(self, keys):
+    """`__getitems__` for tfds.testing.mock_data (tfds 4.9.10), which installs its own as a plain
+    attribute of a MagicMock, so that it is called without `self` and fails with a TypeError."""
+    return [self[key] for key in keys]
+
+
 def test_tfds_mock_data_flows_through_the_train_pipeline():
     config = data_config.default_data_config("mnist")
     config.update(num_classes=10, train_resolution=8, eval_resolution=8, num_parallel_calls=2)
-    with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
+    with (
+        tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE),
+        mock.patch.object(
+            tfds_array_record.ArrayRecordDataSource, "__getitems__", getitems_one_by_one
+        ),
+    ):
         assert ip.num_examples(config, "train") == 10
         batch = next(
             ip.create_train_iterator(
@@ -115,6 +130,9 @@ def test_image_folder_source(tmp_path):
     assert len(batches) == 1 and batches[0]["mask"].all()
     with pytest.raises(FileNotFoundError, match="<class name>"):
         data_sources.open_source(config, "validation")
+    os.remove(root / "cat" / "0.jpg")
+    with pytest.raises(data_sources.RecordReadError, match=r"cat/0.jpg \(record 2\)"):
+        source.read(np.arange(4))
 
 
 def test_npz_and_array_sources(tmp_path):
@@ -171,3 +189,98 @@ def test_digits_demo_is_bundled_and_learnable():
         )
     )
     assert batch["image"].shape == (8, 32, 32, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched reads: one call per batch returns what reading record by record returns.
+# ---------------------------------------------------------------------------------------------
+
+
+def tfds_array_record_source(tmp_path):
+    """The source, and TFDS's own one-record-at-a-time reading of the same split."""
+    data_dir = prepared(tmp_path, "array_record")
+    one_by_one = tfds.data_source(
+        "pipeline_test_images",
+        split="train",
+        data_dir=data_dir,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    source = data_sources.TfdsSource("pipeline_test_images", "train", data_dir)
+    return source, lambda r: (one_by_one[r]["image"], one_by_one[r]["label"])
+
+
+def image_folder_source(tmp_path):
+    """The source, and each file's bytes and its class folder's position."""
+    paths = []
+    for label, name in enumerate(("ant", "bee")):
+        os.makedirs(tmp_path / name)
+        for i in range(3):
+            paths.append((tmp_path / name / f"{i}.png", label))
+            paths[-1][0].write_bytes(tf.io.encode_png(noise(4, 5 + i, 3 * label + i)).numpy())
+    return data_sources.ImageFolderSource(str(tmp_path)), lambda r: (
+        paths[r][0].read_bytes(),
+        paths[r][1],
+    )
+
+
+def npz_source(tmp_path):
+    images = np.stack([noise(3, 4, i) for i in range(6)])
+    labels = np.array([3, 1, 4, 1, 5, 9])
+    np.savez(tmp_path / "train.npz", image=images, label=labels)
+    return data_sources.NpzSource(str(tmp_path), "train"), lambda r: (images[r], labels[r])
+
+
+def record_by_record(source):
+    """The same source read one record per call."""
+    return source, lambda r: tuple(x[0] for x in source.read(np.array([r])))
+
+
+SOURCES = dict(
+    tfds_array_record=tfds_array_record_source,
+    image_folder=image_folder_source,
+    npz=npz_source,
+    synthetic=lambda _: record_by_record(data_sources.SyntheticSource(6, 5, 3, seed=4)),
+    digits=lambda _: record_by_record(data_sources.digits_source("test")),
+)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_a_batched_read_returns_the_records_in_the_order_asked(name, tmp_path):
+    source, one_record = SOURCES[name](tmp_path)
+    records = np.array([5, 0, 3, 3, 1, 4, 2])  # Out of order, with a repeat.
+    images, labels = source.read(records)
+    assert len(images) == len(records) and labels.dtype == np.int32
+    assert images.dtype == (object if source.encoded else np.uint8)
+    for image, label, record in zip(images, labels, records, strict=True):
+        want_image, want_label = one_record(int(record))
+        if source.encoded:
+            assert isinstance(image, bytes) and image == want_image, record
+        else:
+            np.testing.assert_array_equal(image, want_image)
+        assert label == want_label, record
+
+
+def test_an_unreadable_record_is_named_by_reads_and_by_the_pipeline(tmp_path):
+    data_dir = prepared(tmp_path, "array_record")
+    (shard,) = Path(data_dir).glob("pipeline_test_images/1.0.0/*.array_record-*")
+    reader = array_record_module.ArrayRecordReader(str(shard))
+    records = reader.read_all()
+    reader.close()
+    records[4] = b"\xff" * 8  # Not a tf.train.Example: an invalid wire type.
+    writer = array_record_module.ArrayRecordWriter(str(shard), "group_size:1")
+    for record in records:
+        writer.write(record)
+    writer.close()
+    source = data_sources.TfdsSource("pipeline_test_images", "train", data_dir)
+    named = r"Could not read record 4 of tfds pipeline_test_images split 'train' \(ValueError: it "
+    with pytest.raises(data_sources.RecordReadError, match=named):
+        source.read(np.arange(6))
+    assert len(source.read(np.array([5, 3, 0]))[0]) == 3  # The other records still read.
+    config = data_config.default_data_config("pipeline_test_images")
+    config.update(num_classes=3, eval_resolution=8, num_parallel_calls=2)
+    with pytest.raises(data_sources.RecordReadError, match=named):
+        list(
+            ip.create_eval_iterator(
+                config, global_batch_size=6, process_index=0, process_count=1, source=source
+            )
+        )

@@ -96,18 +96,30 @@ def test_kill_9_at_random_moments_changes_nothing(reference, tmp_path, request):
     assert len(injected) >= min(restarts, 1)
 
 
+def shared_files(workdir) -> list[str]:
+    """The workdir's entries, TensorBoard event files (named by host and time) as one name each."""
+    return sorted("events.out.tfevents" if p.name.startswith("events.out.tfevents") else p.name
+                  for p in workdir.iterdir())
+
+
 def test_sigterm_on_one_of_two_hosts_then_resume_on_one(reference, tmp_path):
-    """A TPU maintenance event reaches one host: both agree on a step, checkpoint it and exit
-    cleanly; the run then resumes on one process (elastic: 2 -> 1)."""
+    """A maintenance event reaches one host: both agree on a step, checkpoint it and exit
+    cleanly; the run then resumes on one process (elastic: 2 -> 1). The two processes get only
+    the variables srun gives the tasks of a SLURM job, and form one job."""
     workdir = tmp_path / "run"
-    job = fi.Job(workdir, processes=2)
+    job = fi.Job(workdir, processes=2, launcher="slurm")
     assert job.wait_for(lambda: fi.last_logged_step(workdir) >= 6), job.describe()
     job.kill(signal.SIGTERM, process=1)
     assert job.wait() == [0, 0], job.describe()
+    for i in range(2):
+        assert f"jax.distributed: SLURM, process {i} of 2, coordinator localhost:" in job.output(i)
     stopped = fi.last_logged_step(workdir)
     assert stopped < fi.TOTAL_STEPS and fi.committed_checkpoints(workdir)[-1] == stopped
     fi.assert_close_metrics(fi.metrics(workdir), fi.metrics(reference)[:stopped], rtol=2e-5)
-    assert len(list(workdir.glob("events.out.tfevents*"))) == 1  # Process 0 alone writes.
+    # Process 0 alone writes the shared files: what a one-process run writes, one TensorBoard
+    # writer, each step once in metrics.jsonl (above) and example_indices.jsonl.
+    assert shared_files(workdir) == shared_files(reference)
+    assert sorted(fi.example_indices(workdir)) == list(range(1, stopped + 1))
 
     resumed = fi.Job(workdir, processes=1)
     assert resumed.wait() == [0], resumed.describe()

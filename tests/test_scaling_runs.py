@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from etils import epath
 
 from scaling import cli, compute, runs
 
@@ -10,7 +11,8 @@ NUM_TRAIN = 1000
 BATCH = 64
 
 
-def make_workdir(root, name, *, lr=0.8, epochs=2.0, loss=2.5, ema=False, finished=True, **cfg):
+def make_workdir(root, name, *, lr=0.8, epochs=2.0, loss=2.5, ema=False, finished=True,
+                 reads_per_trained=None, **cfg):
     workdir = root / name
     workdir.mkdir()
     config = {
@@ -32,6 +34,8 @@ def make_workdir(root, name, *, lr=0.8, epochs=2.0, loss=2.5, ema=False, finishe
         seen = step * BATCH
         line = {"step": step, "epoch": seen / NUM_TRAIN, "examples_seen": seen, "lr": lr,
                 "train_loss": 3.0}  # fmt: skip
+        if reads_per_trained:  # train.py logs it; runs before it did trained on every read
+            line["examples_trained"] = seen // reads_per_trained
         if step in (last // 2, last):
             line.update(eval_loss=loss + (step != last), eval_top1=0.7, eval_top5=0.9)
             if ema:
@@ -56,6 +60,14 @@ def test_collect_reads_finished_runs(tmp_path):
     assert (a["params"], a["macs_per_example"]) == (cost.params, cost.macs_per_example)
     assert (a["heldout_loss"], a["top1"], a["lr"]) == (2.5, 0.7, 0.8)  # the last eval line
     assert (b["heldout_loss"], b["top1"]) == (pytest.approx(2.3), 0.72)  # EMA values
+
+
+def test_compute_counts_examples_trained_where_each_mixes_two(tmp_path):
+    (row,), _ = runs.collect([make_workdir(tmp_path, "halves", reads_per_trained=2)])
+    cost = compute.model_cost("nfnet_f0", 224, 1000)
+    seen = (2 * NUM_TRAIN // BATCH) * BATCH
+    assert row["examples_seen"] == seen and row["epochs"] == pytest.approx(seen / NUM_TRAIN)
+    assert row["compute_flops"] == pytest.approx(6 * cost.macs_per_example * seen / 2)
 
 
 def test_csv_round_trip(tmp_path):
@@ -194,3 +206,23 @@ def test_collect_says_when_the_pretraining_run_is_missing(tmp_path, capsys):
     assert "ft_unfinished: fine-tuned from" in err and "an unfinished pre-training run" in err
     assert [r["run"] for r in runs.read_finetune_csv(ft_out)] == [str(tmp_path / "ft_ok")]
     assert not out.exists()  # no pre-training run among the paths
+
+
+def test_collect_reads_work_directories_on_an_object_store(tmp_path, monkeypatch):
+    # train.py writes workdirs to gs://...; epath's backends are redirected to tmp_path here
+    # (epath.testing.mock_epath replaces the backend table, which epath skips for TensorFlow's
+    # gfile backend when TensorFlow is installed).
+    monkeypatch.setattr(epath.gpath, "_is_tf_installed", lambda: False)
+    make_workdir(tmp_path, "a", loss=2.5)
+    make_workdir(tmp_path, "b", reads_per_trained=2)
+    (tmp_path / "b" / "metrics.jsonl").rename(tmp_path / "b" / "metrics.jsonl.part-000000")
+
+    def local(original, path, *args, **kwargs):
+        return original(str(path).replace("gs://bucket", str(tmp_path)), *args, **kwargs)
+
+    calls = ("open", "exists", "isdir", "glob", "listdir", "stat", "walk")
+    with epath.testing.mock_epath(**dict.fromkeys(calls, local)):
+        rows, skipped = runs.collect(["gs://bucket/a", "gs://bucket/b", "gs://bucket/c"])
+    assert [r["run"] for r in rows] == ["gs://bucket/a", "gs://bucket/b"]
+    assert rows[0]["heldout_loss"] == 2.5 and rows[1]["examples_seen"] == rows[0]["examples_seen"]
+    assert skipped == ["gs://bucket/c: not a run (not a directory)"]

@@ -12,9 +12,10 @@ import pytest
 
 import checkpoint
 import input_pipeline
+import metric_logging
 import train
 from configs import quickstart
-from metric_logging import WALL_CLOCK_FIELDS
+from metric_logging import WALL_CLOCK_FIELDS, read_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def small_config(**changes):
 
 
 def metrics(workdir):
-    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    lines = read_lines(Path(workdir) / "metrics.jsonl")
     return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK_FIELDS}
             for line in lines]
 
@@ -85,10 +86,22 @@ def uninterrupted_scanned(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", ["unrolled", "scanned"])
 def test_killed_and_resumed_run_is_bit_identical(layout, request, workdir, monkeypatch):
-    """Kill after step 7 (last checkpoint: 4; steps 6 logged and evaluated past it), resume."""
+    """Kill after step 7 (last checkpoint: 4; steps 6 logged and evaluated past it), resume.
+    The scanned run writes its logs in parts, as on an object store."""
     changes = SCANNED if layout == "scanned" else {}
     uninterrupted = request.getfixturevalue(
         "uninterrupted_scanned" if layout == "scanned" else "uninterrupted")
+    logged_at_save = {}  # Checkpoint step -> the last step in the log when its save began.
+    if layout == "scanned":
+        monkeypatch.setattr(metric_logging, "writes_in_parts", lambda path: True)
+        real_save = checkpoint.Checkpointer.save
+
+        def save(self, step, state):
+            lines = read_lines(self.workdir / "metrics.jsonl")
+            logged_at_save[step] = json.loads(lines[-1])["step"]
+            real_save(self, step, state)
+
+        monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
     real = input_pipeline.create_train_iterator
 
     def dies_after(n):
@@ -108,6 +121,11 @@ def test_killed_and_resumed_run_is_bit_identical(layout, request, workdir, monke
     state = train.train_and_evaluate(small_config(**changes), workdir)
 
     assert metrics(workdir) == metrics(uninterrupted[0])
+    in_parts = layout == "scanned"
+    if in_parts:  # The lines up to a checkpoint are written before it can commit.
+        assert logged_at_save and all(logged == step for step, logged in logged_at_save.items())
+    assert bool(list(Path(workdir).glob("metrics.jsonl.part-*"))) == in_parts
+    assert (Path(workdir) / "metrics.jsonl").exists() == (not in_parts)
     same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
                         state, uninterrupted[1])
     assert all(jax.tree.leaves(same))
