@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sam import ascent_examples
-from tests.cost_cases import BATCH, FAMILIES, FEATURES, REMAT
+from tests.cost_cases import BATCH, FAMILIES, FEATURES, HALVES, REMAT
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1.1  # the bar: within 10% of the ideal
@@ -91,11 +91,11 @@ def test_one_device_step_costs_six_macs_per_example(costs, family):
     assert 1 / TOLERANCE < one["flops"] / one["model_flops"] < TOLERANCE
 
 
-@pytest.mark.parametrize("feature", FEATURES)
+@pytest.mark.parametrize("feature", FEATURES | HALVES)
 def test_step_features_keep_each_device_to_its_share(costs, feature):
     one = costs["families"]["nfnet"]["one"]
     for name, case in costs["features"][feature].items():
-        factor = 1.0
+        factor = 0.5 if feature in HALVES else 1.0  # 'halves' trains on half the batch
         if feature.startswith("sam"):
             changes = FEATURES[feature]
             per_group = BATCH // case["devices"] if feature == "sam_per_replica" else BATCH
