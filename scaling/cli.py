@@ -237,7 +237,24 @@ def cmd_lr(args) -> int:
     return 0
 
 
+def _preset_specs(args) -> tuple[list, list[str]]:
+    """The run specs and extra flags of `--preset`, which sets the models, budgets and lrs."""
+    given = [f"--{k.replace('_', '-')}" for k in ("models", "epochs", "lrs", "lr_center")]
+    given = [flag for flag in given if getattr(args, flag[2:].replace("-", "_"))]
+    if given:
+        raise SystemExit(f"--preset {args.preset} sets the grid; leave out {', '.join(given)}.")
+    preset = sweep.PRESETS[args.preset]()
+    sweep.check_configs(list(preset.lrs), args.configs)
+    return preset.specs(), [*preset.extra, *args.extra]
+
+
 def cmd_sweep(args) -> int:
+    if args.preset:
+        specs, extra = _preset_specs(args)
+        commands = [sweep.command(s, args.configs, args.workdir_root, extra) for s in specs]
+        return _write_sweep(args, commands)
+    if not args.models or not args.epochs:
+        raise SystemExit("sweep needs --models and --epochs, or a --preset.")
     if args.lrs and args.lr_center:
         raise SystemExit("Give either --lrs or --lr-center (with --lr-below/--lr-above), not both.")
     if args.lrs:
@@ -249,6 +266,10 @@ def cmd_sweep(args) -> int:
     sweep.check_configs(args.models, args.configs)
     specs = sweep.plan(args.models, args.epochs, lrs, args.seeds)
     commands = [sweep.command(s, args.configs, args.workdir_root, args.extra) for s in specs]
+    return _write_sweep(args, commands)
+
+
+def _write_sweep(args, commands: list[str]) -> int:
     if args.out:
         path = pathlib.Path(args.out)
         path.write_text(sweep.launch_script(commands))
@@ -502,8 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_lr)
 
     p = _subparser(sub, "sweep", "train.py commands for models x epochs x lrs x seeds")
-    p.add_argument("--models", nargs="+", required=True, help="registry names")
-    p.add_argument("--epochs", nargs="+", type=positive_float, required=True, help="epoch budgets")
+    p.add_argument(
+        "--preset",
+        choices=sorted(sweep.PRESETS),
+        help="a named grid instead of --models/--epochs/--lrs: cpu = tiny NFNets and ViTs on "
+        "the digits, ~20 minutes on 2 CPU cores (scripts/cpu_scaling_sweep.py runs it)",
+    )
+    p.add_argument("--models", nargs="+", help="config names, CONFIG or CONFIG:ARGS")
+    p.add_argument("--epochs", nargs="+", type=positive_float, help="epoch budgets")
     p.add_argument("--lrs", nargs="+", type=positive_float, help="learning rates")
     p.add_argument("--lr-center", type=positive_float, help="centre of a 2x lr grid")
     p.add_argument(

@@ -42,27 +42,61 @@ def canonical_model_name(name: str) -> str:
 
 
 @functools.cache
-def _counted_cost(name: str, resolution: int, num_classes: int) -> ModelCost:
-    model = models.create(name, num_classes=num_classes)
+def _counted_cost(name: str, resolution: int, num_classes: int, overrides=()) -> ModelCost:
+    model = models.create(name, num_classes=num_classes, **dict(overrides))
     variables = macs.abstract_variables(model, resolution)
     return ModelCost(macs.model_macs(model, resolution), macs.count_params(variables["params"]))
 
 
-def model_cost(
-    name: str, resolution: int, num_classes: int = 1000, *, use_table: bool = True
-) -> ModelCost:
-    """MACs per example at `resolution` px and parameter count of a registered model.
+def _frozen(value):
+    """JSON lists (a config.json's tuples) as tuples, so that overrides hash and compare."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
 
-    The paper's models come from `paper_models.PRECOMPUTED` (unless `use_table=False`);
-    anything else is counted once per process (seconds to a minute for large models).
+
+def model_cost(
+    name: str,
+    resolution: int,
+    num_classes: int = 1000,
+    *,
+    use_table: bool = True,
+    overrides: dict | None = None,
+) -> ModelCost:
+    """MACs per example at `resolution` px and parameter count of a registered model, with
+    `overrides` of its module fields (config.model.overrides, e.g. widths and depths).
+
+    The paper's models come from `paper_models.PRECOMPUTED` (unless `use_table=False` or
+    overridden); anything else is counted once per process (seconds to a minute for large ones).
     """
     for field, value in (("resolution", resolution), ("num_classes", num_classes)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{field} must be a positive integer, got {value!r}.")
     key = (canonical_model_name(name), resolution, num_classes)
-    if use_table and key in paper_models.PRECOMPUTED:
+    frozen = tuple(sorted((k, _frozen(v)) for k, v in (overrides or {}).items()))
+    # Overrides of fields outside the variant table (dropout, stochastic depth, layout) change
+    # neither MACs nor parameters: the table still holds.
+    if use_table and not _changed_fields(name, overrides) and key in paper_models.PRECOMPUTED:
         return ModelCost(*paper_models.PRECOMPUTED[key])
-    return _counted_cost(key[0], resolution, num_classes)
+    return _counted_cost(*key, frozen)
+
+
+def _changed_fields(name: str, overrides: dict | None) -> dict:
+    """The overrides that change a field of the model's variant table entry."""
+    entry = models.variant_info(name)
+    return {
+        k: _frozen(v)
+        for k, v in sorted((overrides or {}).items())
+        if k in entry and _frozen(v) != _frozen(entry[k])
+    }
+
+
+def model_label(name: str, overrides: dict | None = None) -> str:
+    """The model's name in a runs table: the registry name, followed by the overrides that
+    change fields of its variant table entry ('nfnet_tiny[depths=(2, 4, 4, 2)]'), so that runs
+    of differently shaped models are never taken for one model."""
+    changed = _changed_fields(name, overrides)
+    if not changed:
+        return name
+    return name + "[" + ", ".join(f"{k}={v}" for k, v in changed.items()) + "]"
 
 
 def training_flops(macs_per_example: float, examples: float) -> float:

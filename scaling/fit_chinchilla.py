@@ -220,7 +220,9 @@ def _run_lbfgs(objective, theta0, args, delta):
                 method="L-BFGS-B",
                 options=LBFGS_OPTIONS,
             )
-        finite = np.isfinite(result.fun) and np.all(np.isfinite(result.x))
+        # log A, log B, log E beyond a float's range: a law that cannot be written down.
+        finite = (np.isfinite(result.fun) and np.all(np.isfinite(result.x))
+                  and np.max(result.x[:3]) < np.log(np.finfo(float).max))
         if result.success and finite:
             return result
         if not (finite and result.message.startswith("ABNORMAL")):

@@ -2,7 +2,9 @@
 
 Each run is `python train.py --config=configs/<model>.py --workdir=<root>/<model>/<run>` with
 the budget, lr and seed set by `--config.total_epochs`, `--config.optimizer.learning_rate`
-and `--config.seed`; rerunning a command resumes the run.
+and `--config.seed`; rerunning a command resumes the run. A model may also be a config with
+arguments, `<config>:<args>` (`--config=configs/<config>.py:<args>`), e.g. one size of
+configs/scaling_cpu.py; its work directories are named after both.
 """
 
 import dataclasses
@@ -23,11 +25,46 @@ class RunSpec:
         return f"ep{self.epochs:.6g}_lr{self.lr:.6g}_seed{self.seed}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named sweep: each model (a config, with arguments) with its own lr grid, x the epoch
+    budgets, plus extra train.py flags."""
+
+    lrs: dict[str, tuple[float, ...]]  # model -> its learning rates
+    epochs: tuple[float, ...]
+    extra: tuple[str, ...] = ()
+
+    def specs(self) -> list[RunSpec]:
+        return [s for model, lrs in self.lrs.items() for s in plan([model], self.epochs, lrs)]
+
+
+def _cpu_lrs() -> dict[str, tuple[float, ...]]:
+    """Three tiny NFNets and three tiny ViTs (configs/scaling_cpu.py), widths and depths varied,
+    spanning ~6x in MACs per family and overlapping in compute; each family's 2x lr grid is
+    centred near its recipe's lr (SGD 0.4 as configs/quickstart.py; AdamW 2e-3, twice
+    configs/vit_stem_comparison.py's, as the budgets here are 4-15x shorter)."""
+    families = {
+        "nfnet": (((8, 1), (16, 1), (16, 2)), lr_grid(0.4, 1, 1)),
+        "vit": (((32, 2), (64, 2), (64, 4)), lr_grid(2e-3, 1, 1)),
+    }
+    return {
+        f"scaling_cpu:family={family},width={width},depth={depth}": tuple(lrs)
+        for family, (shapes, lrs) in families.items()
+        for width, depth in shapes
+    }
+
+
 def lr_grid(center: float, below: int, above: int) -> list[float]:
     """center x 2^k for k = -below..above (a grid spaced by 2x, as Smith et al. 2023)."""
     if not center > 0 or below < 0 or above < 0:
         raise ValueError("lr_grid needs center > 0 and non-negative counts below and above.")
     return [center * 2.0**k for k in range(-below, above + 1)]
+
+
+# Sweeps of fixed size. `cpu` runs end to end on 2 CPU cores in about 20 minutes (README,
+# "Scaling laws at CPU scale"): 6 models x 4 epoch budgets (1.5k to 12k digits; IsoFLOP slices
+# need 4 budgets per model, `isoflop`) x 3 lrs.
+PRESETS = {"cpu": lambda: Preset(lrs=_cpu_lrs(), epochs=(1.0, 2.0, 4.0, 8.0))}
 
 
 def plan(models, epochs, lrs, seeds=(0,)) -> list[RunSpec]:
@@ -43,7 +80,8 @@ def plan(models, epochs, lrs, seeds=(0,)) -> list[RunSpec]:
 def check_configs(models, configs_dir: str | pathlib.Path) -> None:
     """Every model needs `configs_dir/<model>.py`; the error lists the missing and available."""
     configs_dir = pathlib.Path(configs_dir)
-    missing = sorted({m for m in models if not (configs_dir / f"{m}.py").is_file()})
+    files = {m: config_name(m) for m in models}
+    missing = sorted({m for m, f in files.items() if not (configs_dir / f"{f}.py").is_file()})
     if missing:
         available = sorted(p.stem for p in configs_dir.glob("*.py") if p.stem != "__init__")
         raise ValueError(
@@ -52,12 +90,24 @@ def check_configs(models, configs_dir: str | pathlib.Path) -> None:
         )
 
 
+def config_name(model: str) -> str:
+    """The config file's name of a model entry: 'scaling_cpu' of 'scaling_cpu:family=vit'."""
+    return model.partition(":")[0]
+
+
+def model_dir(model: str) -> str:
+    """The work directory folder of a model entry, one path component ('scaling_cpu:family=vit,
+    width=32' -> 'scaling_cpu-family=vit-width=32')."""
+    return model.replace(":", "-").replace(",", "-").replace("/", "-")
+
+
 def command(spec: RunSpec, configs_dir="configs", workdir_root="workdirs", extra=()) -> str:
+    name, sep, config_args = spec.model.partition(":")
     args = [
         "python",
         "train.py",
-        f"--config={pathlib.PurePosixPath(configs_dir) / (spec.model + '.py')}",
-        f"--workdir={pathlib.PurePosixPath(workdir_root) / spec.model / spec.name}",
+        f"--config={pathlib.PurePosixPath(configs_dir) / (name + '.py')}{sep}{config_args}",
+        f"--workdir={pathlib.PurePosixPath(workdir_root) / model_dir(spec.model) / spec.name}",
         f"--config.total_epochs={spec.epochs:.6g}",
         f"--config.optimizer.learning_rate={spec.lr:.6g}",
         f"--config.seed={spec.seed}",

@@ -121,3 +121,13 @@ def test_full_start_grid_finds_the_same_optimum(summed_fit, data):
     assert full.num_starts == 4500
     for name, value in summed_fit.law.as_dict().items():
         assert getattr(full.law, name) == pytest.approx(value, rel=1e-4), name
+
+
+def test_a_start_that_runs_off_to_an_unwritable_law_is_not_converged():
+    # Converged in the log-parameters, but exp(log A) overflows: a failed start, not a crash.
+    n = np.array([1e6, 2e6, 4e6] * 2)
+    d = np.repeat([1e8, 4e8], 3)
+    loss = 2 + 300 / n**0.3 + 400 / d**0.3
+    starts = np.array([[800.0, 800.0, 800.0, 0.3, 0.3], [5.0, 5.0, 0.5, 0.3, 0.3]])
+    with pytest.raises(fc.FitError, match="Only 1 of 2 starts"):
+        fc.fit(n, d, loss, starts=starts)

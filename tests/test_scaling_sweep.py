@@ -1,10 +1,12 @@
 """Sweep plans and their train.py commands."""
 
+import json
 import shlex
 
+import numpy as np
 import pytest
 
-from scaling import cli, sweep
+from scaling import cli, runs, sweep
 
 
 @pytest.fixture
@@ -60,3 +62,98 @@ def test_sweep_command_writes_a_launch_script(configs, tmp_path, capsys):
     assert cli.main(["sweep", "--models", "nfnet_f3", "--epochs", "1", "--lrs", "1.6",
                      "--configs", str(configs)]) == 2  # fmt: skip
     assert "No config for ['nfnet_f3']" in capsys.readouterr().err
+
+
+def test_cpu_preset_is_six_models_x_four_budgets_x_a_2x_lr_grid():
+    preset = sweep.PRESETS["cpu"]()
+    specs = preset.specs()
+    assert len(specs) == 6 * 4 * 3 and len({(s.model, s.name) for s in specs}) == len(specs)
+    assert preset.epochs == (1.0, 2.0, 4.0, 8.0)  # IsoFLOP slices need 4 budgets per model
+    families = {m.split("family=")[1].split(",")[0] for m in preset.lrs}
+    assert families == {"nfnet", "vit"}
+    for lrs in preset.lrs.values():
+        assert len(lrs) == 3 and lrs[1] == pytest.approx(2 * lrs[0]) == pytest.approx(lrs[2] / 2)
+    sweep.check_configs(list(preset.lrs), "configs")
+
+
+def test_cpu_preset_models_are_distinct_shapes_in_the_runs_table():
+    """collect names each model by its registry name and changed fields: six labels."""
+    from configs import scaling_cpu
+    from scaling import compute
+
+    labels = set()
+    for model in sweep.PRESETS["cpu"]().lrs:
+        config = scaling_cpu.get_config(model.partition(":")[2])
+        labels.add(compute.model_label(config.model.name, config.model.overrides.to_dict()))
+    assert len(labels) == 6
+    assert "nfnet_tiny" in labels  # width 16, depth 1 is the registry's nfnet_tiny
+
+
+def test_config_with_arguments_gets_its_own_work_directory():
+    spec = sweep.RunSpec("scaling_cpu:family=vit,width=32,depth=2", 2.0, 0.002)
+    args = shlex.split(sweep.command(spec, "configs", "runs"))
+    assert "--config=configs/scaling_cpu.py:family=vit,width=32,depth=2" in args
+    assert "--workdir=runs/scaling_cpu-family=vit-width=32-depth=2/ep2_lr0.002_seed0" in args
+
+
+def test_cpu_preset_command_writes_72_runs_and_refuses_grid_flags(tmp_path, capsys):
+    out = tmp_path / "sweep.sh"
+    assert cli.main(["sweep", "--preset", "cpu", "--workdir-root", "w", "-o", str(out)]) == 0
+    commands = [line for line in out.read_text().splitlines() if line.startswith("python ")]
+    assert len(commands) == 72
+    assert sum("--config.optimizer.learning_rate=0.8 " in c for c in commands) == 12
+    with pytest.raises(SystemExit, match="leave out --models"):
+        cli.main(["sweep", "--preset", "cpu", "--models", "nfnet_f0"])
+    with pytest.raises(SystemExit, match="--models and --epochs, or a --preset"):
+        cli.main(["sweep", "--lrs", "0.1"])
+
+
+def _fake_finished_run(workdir, model: str, epochs: float, lr: float, loss: float) -> None:
+    """A work directory as train.py leaves it after a finished run: config.json and the final
+    evaluation in metrics.jsonl."""
+    from configs import scaling_cpu
+
+    config = scaling_cpu.get_config(model.partition(":")[2])
+    config.total_epochs, config.optimizer.learning_rate = epochs, lr
+    config.num_train_examples = 1500
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(config.to_json())
+    seen = int(epochs * 1500)
+    record = dict(step=seen // 128, examples_seen=seen, eval_loss=loss, eval_top1=0.9)
+    (workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+
+
+def test_driver_chains_collect_fit_and_plot(tmp_path, capsys):
+    """On the ViTs' finished runs, with losses L = E + A / N^0.3 + B / D^0.3 (times a parabola
+    in log2 lr), --no-train writes the runs table, the family's fit and the figures."""
+    from scripts import cpu_scaling_sweep as driver
+
+    preset = sweep.PRESETS["cpu"]()
+    for model, lrs in [(m, lrs) for m, lrs in preset.lrs.items() if "family=vit" in m]:
+        size = float(model.split("width=")[1].split(",")[0]) * int(model[-1])  # width x depth
+        for epochs in preset.epochs:
+            for lr in lrs:
+                loss = 0.2 + 3 / size**0.3 + 30 / (1500 * epochs) ** 0.3
+                loss *= 1 + 0.02 * np.log2(lr / lrs[1]) ** 2 + 0.01 * np.log2(lr / lrs[0])
+                spec = sweep.RunSpec(model, epochs, lr)
+                workdir = tmp_path / "workdirs" / sweep.model_dir(model) / spec.name
+                _fake_finished_run(workdir, model, epochs, lr, loss)
+    argv = ["--out", str(tmp_path), "--no-train", "--samples", "2", "--law-grid", "cell"]
+    assert driver.main(argv) == 0
+    rows = runs.read_csv(tmp_path / "runs.csv")
+    assert len(rows) == 36 and len({r["model"] for r in rows}) == 3
+    assert len(runs.read_csv(tmp_path / "runs_vit.csv")) == 36
+    assert not (tmp_path / "runs_nfnet.csv").exists()
+    assert "Parametric law" in (tmp_path / "fit_vit.txt").read_text()
+    assert (tmp_path / "figures" / "vit" / "loss_vs_compute.png").is_file()
+    assert (tmp_path / "figures" / "loss_vs_compute.png").is_file()
+
+
+def test_collect_counts_the_shape_that_the_overrides_give():
+    from scaling import compute
+
+    plain = compute.model_cost("vit_P-tiny", 16, 10)
+    assert compute.model_cost("vit_P-tiny", 16, 10, overrides={"depth": 2}) == plain  # its table
+    deeper = compute.model_cost("vit_P-tiny", 16, 10, overrides={"depth": 4})
+    assert deeper.params > plain.params and deeper.macs_per_example > plain.macs_per_example
+    assert compute.model_label("vit_P-tiny", {"depth": 4}) == "vit_P-tiny[depth=4]"
