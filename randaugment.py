@@ -305,10 +305,10 @@ def _cubic(v1, v2, v3, v4, d):
     return p1 + d * (p2 + d * (p3 + d * p4))
 
 
-def pil_affine(image: tf.Tensor, matrix, fill) -> tf.Tensor:
-    """PIL `Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill)` on uint8 RGB: output
-    pixel (x, y) samples the input at (a0 (x + .5) + a1 (y + .5) + a2, a3 (x + .5) + ...), in
-    float64 as PIL does."""
+def _affine_sample_points(image: tf.Tensor, matrix):
+    """Where PIL's AFFINE transform samples for each output pixel (x, y): the input point
+    (a0 (x + .5) + a1 (y + .5) + a2, a3 (x + .5) + ...) - .5, in float64 as PIL does. Returns
+    (h, w, inside the input, the point's integer part x0, y0, and its fractions dx, dy)."""
     a = [tf.cast(v, tf.float64) for v in matrix]
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
@@ -319,7 +319,14 @@ def pil_affine(image: tf.Tensor, matrix, fill) -> tf.Tensor:
     inside = (xin >= 0.0) & (xin < wf) & (yin >= 0.0) & (yin < hf)
     xin, yin = xin - 0.5, yin - 0.5
     x0, y0 = tf.floor(xin), tf.floor(yin)
-    dx, dy = (xin - x0)[..., None], (yin - y0)[..., None]
+    return h, w, inside, x0, y0, (xin - x0)[..., None], (yin - y0)[..., None]
+
+
+def pil_affine(image: tf.Tensor, matrix, fill) -> tf.Tensor:
+    """PIL `Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill)` on uint8 RGB: output
+    pixel (x, y) samples the input at (a0 (x + .5) + a1 (y + .5) + a2, a3 (x + .5) + ...), in
+    float64 as PIL does."""
+    h, w, inside, x0, y0, dx, dy = _affine_sample_points(image, matrix)
     taps = tf.constant([-1, 0, 1, 2], tf.int32)
     cols = tf.clip_by_value(tf.cast(x0, tf.int32)[..., None] + taps, 0, w - 1)  # (H, W, 4)
     rows = tf.clip_by_value(tf.cast(y0, tf.int32)[..., None] + taps, 0, h - 1)
@@ -615,17 +622,7 @@ def pil_affine_bilinear(image: tf.Tensor, matrix, fill) -> tf.Tensor:
     """PIL `Image.transform(size, AFFINE, matrix, BILINEAR, fillcolor=fill)` on uint8 RGB (pycls's
     AutoAugment resamples so): the sample points of `pil_affine`, then PIL Geometry.c `BILINEAR`,
     `a + (b - a) d` along x and then y in float64, edge pixels repeated, truncated to uint8."""
-    a = [tf.cast(v, tf.float64) for v in matrix]
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
-    ys = tf.cast(tf.range(h), tf.float64)[:, None] + 0.5
-    xs = tf.cast(tf.range(w), tf.float64)[None, :] + 0.5
-    xin = a[0] * xs + a[1] * ys + a[2]
-    yin = a[3] * xs + a[4] * ys + a[5]
-    inside = (xin >= 0.0) & (xin < wf) & (yin >= 0.0) & (yin < hf)
-    xin, yin = xin - 0.5, yin - 0.5
-    x0, y0 = tf.floor(xin), tf.floor(yin)
-    dx, dy = (xin - x0)[..., None], (yin - y0)[..., None]
+    h, w, inside, x0, y0, dx, dy = _affine_sample_points(image, matrix)
     cols = [tf.clip_by_value(tf.cast(x0, tf.int32) + t, 0, w - 1) for t in (0, 1)]
     rows = [tf.clip_by_value(tf.cast(y0, tf.int32) + t, 0, h - 1) for t in (0, 1)]
     pixels = tf.cast(image, tf.float64)

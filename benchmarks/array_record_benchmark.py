@@ -25,7 +25,6 @@ wall-clock figure says what latency costs).
 """
 
 import argparse
-import gc
 import os
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import augment  # noqa: E402
 import data_config  # noqa: E402
 import data_sources  # noqa: E402
 import input_pipeline  # noqa: E402
+from benchmarks import pipeline_timing  # noqa: E402
 
 NUM_CLASSES = 10
 SPLIT = "train"
@@ -181,36 +181,6 @@ def plain(builder, config, batch: int, latency_s: float):
     return ds.with_options(options).as_numpy_iterator()
 
 
-def rate(iterator, batches: int, batch: int) -> tuple[float, float]:
-    """Images per second of wall time, and per second of this process's CPU time (which other
-    processes on shared cores disturb far less)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(batches):
-        out = next(iterator)
-    image = out["image"] if isinstance(out, dict) else out[0]
-    assert image.dtype == np.uint8 and len(image) == batch
-    images = batches * batch
-    return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
-
-
-def measure(builders: dict, args) -> dict[str, list[tuple[float, float]]]:
-    """`rate`s of each pipeline over `args.rounds` alternating rounds."""
-    rates = {name: [] for name in builders}
-    for round_ in range(args.rounds):
-        # Each measurement runs alone: a fresh pipeline, warmed up (graph building, thread pools,
-        # buffers), timed, then closed so that its threads cannot compete with the next one.
-        names = list(builders) if round_ % 2 == 0 else list(builders)[::-1]
-        for name in names:
-            iterator = builders[name]()
-            rate(iterator, 2, args.batch)
-            rates[name].append(rate(iterator, args.batches, args.batch))
-            if hasattr(iterator, "close"):
-                iterator.close()
-            del iterator
-            gc.collect()
-    return rates
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1024, help="records in the dataset")
@@ -248,7 +218,7 @@ def main(argv=None) -> dict[str, dict[str, float]]:
                     OneReadPerRecord(source, s, builder), config, args.batch
                 ),
             }
-            rates = measure(builders, args)
+            rates = pipeline_timing.measure(builders, args.rounds, args.batches, args.batch)
             medians[latency_ms] = {
                 name: float(np.median([wall for wall, _ in r])) for name, r in rates.items()
             }

@@ -13,10 +13,9 @@ core, with their ratio.
 """
 
 import argparse
-import gc
+import functools
 import os
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +26,7 @@ import augment  # noqa: E402
 import data_config  # noqa: E402
 import data_sources  # noqa: E402
 import input_pipeline  # noqa: E402
+from benchmarks import pipeline_timing  # noqa: E402
 
 
 def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -68,15 +68,6 @@ def plain(jpegs, config, batch: int):
     return ds.with_options(options).as_numpy_iterator()
 
 
-def rate(iterator, batches: int, batch: int) -> float:
-    start = time.perf_counter()
-    for _ in range(batches):
-        out = next(iterator)
-    image = out["image"] if isinstance(out, dict) else out
-    assert image.dtype == np.uint8
-    return batches * batch / (time.perf_counter() - start)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256, help="distinct JPEGs in memory")
@@ -98,21 +89,10 @@ def main():
         prefetch=2,
     )
     jpegs = make_jpegs(args.images)
-    builders = {"deterministic": ours, "plain": plain}
-    rates = {name: [] for name in builders}
-    for round_ in range(args.rounds):
-        # Each measurement runs alone: a fresh pipeline, warmed up (graph building, thread pools,
-        # buffers), timed, then closed so that its threads cannot compete with the next one.
-        # The order alternates between rounds.
-        names = list(builders) if round_ % 2 == 0 else list(builders)[::-1]
-        for name in names:
-            iterator = builders[name](jpegs, config, args.batch)
-            rate(iterator, 2, args.batch)
-            rates[name].append(rate(iterator, args.batches, args.batch))
-            if hasattr(iterator, "close"):
-                iterator.close()
-            del iterator
-            gc.collect()
+    builders = {"deterministic": functools.partial(ours, jpegs, config, args.batch),
+                "plain": functools.partial(plain, jpegs, config, args.batch)}
+    timed = pipeline_timing.measure(builders, args.rounds, args.batches, args.batch)
+    rates = {name: [wall for wall, _ in r] for name, r in timed.items()}
 
     print(
         f"train preprocessing at {args.resolution} px, RandAugment {tuple(config.randaugment)}, "
