@@ -56,6 +56,9 @@ def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict
             random_flip=True,
             # (layers, magnitude), e.g. (4, 15) for NFNet-F3+ (Table 1); None: off.
             randaugment=ml_collections.config_dict.placeholder(tuple),
+            # Or a named policy (not with `randaugment`): timm's RandAugment string, e.g.
+            # 'rand-m9-mstd0.5-inc1' (ConvNeXt), or 'pycls-autoaugment' (Xiao et al.); '': off.
+            auto_augment="",
             random_erasing=0.0,  # Probability; ConvNeXt uses 0.25.
             repeated_augmentation=1,  # Augmented copies of each example per batch.
             corrupt_records="error",  # 'error' or 'replace'.

@@ -63,7 +63,9 @@ _AUGMENT_SALT = 0xA06
 
 CORRUPT_RECORD_MODES = ("error", "replace")
 
-def _check_config(c) -> None:
+
+def check_data_config(c) -> None:
+    """Raises ValueError, one sentence naming the field and the fix, for a bad `config.data`."""
     def fail(what: str, fix: str):
         raise ValueError(f"config.data.{what}; {fix}.")
 
@@ -339,7 +341,7 @@ def _host_range(global_batch_size: int, process_index, process_count) -> tuple[i
 
 
 def _open(data_config, split: str, source):
-    _check_config(data_config)
+    check_data_config(data_config)
     source = source if source is not None else data_sources.open_source(data_config, split)
     if len(source) == 0:
         raise ValueError(f"Split {split!r} is empty; point config.data at a split with data.")

@@ -100,6 +100,10 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
         f"mix_mode 'halves' trains on half of each device's batch, which grad_accum_steps "
         f"({accum}) must divide; change global_batch_size or grad_accum_steps.",
     )
+    try:  # Before any compilation, so that a dry run refuses it too.
+        input_pipeline.check_data_config(config.data)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     validate_finetune_config(config, need, mesh)
 
 

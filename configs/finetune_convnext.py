@@ -12,11 +12,11 @@ RandAugment, EMA only for XL (0.9999), 384 px (or `res=224`, 22k pre-training on
 Stochastic depth (drop path) from TRAINING.md: from 22k B 0.2, L 0.3, XL 0.4; from 1k at 384 px
 B 0.8, L 0.95. Other variants have no published value: pass `drop_path=`.
 
-Deviations, as configs/convnext.py: RandAugment (2, 9) with the NFNet op set for timm's
-"rand-m9-mstd0.5-inc1"; the cosine ends at 0, not 1e-6; our EMA has the (1 + t) / (10 + t)
-warm-up. At 384 px ConvNeXt evaluates the whole image resized to 384 x 384 ("warping"); we
-resize the shorter side to 384 and crop the centre (eval crop ratio 1); at 224 px the crop ratio
-is 224 / 256 as in pre-training.
+RandAugment is timm's "rand-m9-mstd0.5-inc1" (main.py's `--aa` default, as in pre-training;
+randaugment.py). Deviations, as configs/convnext.py: the cosine ends at 0, not 1e-6; our EMA
+has the (1 + t) / (10 + t) warm-up. At 384 px ConvNeXt evaluates the whole image resized to
+384 x 384 ("warping"); we resize the shorter side to 384 and crop the centre (eval crop ratio
+1); at 224 px the crop ratio is 224 / 256 as in pre-training.
 
 Arguments: `model=` (tiny ... xlarge, the checkpoint's variant), `from=` (22k or 1k: the
 pre-training data), `drop_path=`, `epochs=`, `layer_decay=`, and those of
@@ -65,6 +65,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.label_smoothing = 0.1
     c.ema_decay = 0.9999 if variant == "xlarge" else None
     c.data.eval_crop_ratio = 1.0 if a.res >= 384 else 224 / 256
-    c.data.randaugment = (2, 9)
+    c.data.randaugment = None  # the NFNet op set's (layers, magnitude): not this recipe's
+    c.data.auto_augment = "rand-m9-mstd0.5-inc1"
     c.data.random_erasing = 0.25
     return c

@@ -179,6 +179,8 @@ def test_nan_skip_policy_counts_skipped_steps(workdir):
         ({"compute_dtype": "int8"}, "compute_dtype"),
         ({"optimizer.warmup_steps": 50}, "Warm-up"),
         ({"ema_decay": 1.5}, "ema_decay"),
+        ({"data.auto_augment": "rand-x9"}, "Unknown augmentation policy 'rand-x9'"),
+        ({"data.crop_area_range": (0.5, 0.1)}, "crop_area_range"),
     ],
 )
 def test_bad_config_values_are_clear_errors(changes, message, workdir):
