@@ -249,7 +249,15 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int, magnitude: f
             f"RandAugment needs num_layers >= 0 and magnitude >= 0, got ({num_layers}, "
             f"{magnitude}); set config.data.randaugment to (layers, magnitude), e.g. (4, 15)."
         )
-    ops = list(OPS.values())
+    return random_layers(
+        image, seed, num_layers,
+        [lambda image, op_seed, op=op: op(image, float(magnitude), op_seed) for op in OPS.values()],
+    )
+
+
+def random_layers(image: tf.Tensor, seed: tf.Tensor, num_layers, ops) -> tf.Tensor:
+    """`num_layers` times, one of `ops` (each `(image, op_seed) -> image`) drawn uniformly with
+    replacement and applied; layer i draws from the seeds split off fold_in(seed, i)."""
     shape = image.shape
 
     def layer(i, image):
@@ -259,13 +267,10 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int, magnitude: f
             )
         )
         choice = tf.random.stateless_uniform([], choice_seed, maxval=len(ops), dtype=tf.int32)
-        branches = [
-            (lambda op=op: tf.ensure_shape(op(image, float(magnitude), op_seed), shape))
-            for op in ops
-        ]
+        branches = [(lambda op=op: tf.ensure_shape(op(image, op_seed), shape)) for op in ops]
         return i + 1, tf.switch_case(choice, branches)
 
-    # A loop rather than `num_layers` copies of the 16 ops keeps the graph (and its build) small.
+    # A loop rather than `num_layers` copies of the ops keeps the graph (and its build) small.
     _, image = tf.while_loop(lambda i, _: i < num_layers, layer, [tf.constant(0), image])
     return image
 
@@ -592,30 +597,14 @@ def timm_op(image, name: str, prob: float, magnitude: float, std: float, upper: 
 def timm_randaugment(image: tf.Tensor, seed: tf.Tensor, policy: TimmRandAugment, fill):
     """timm's `RandAugment`: `num_layers` ops drawn uniformly with replacement from
     `policy.ops`, each applied as `timm_op`; `fill` is the RGB fill of geometric ops."""
-    ops = policy.ops
-    shape = image.shape
-
-    def layer(i, image):
-        choice_seed, op_seed = tf.unstack(
-            tf.random.experimental.stateless_split(
-                tf.random.experimental.stateless_fold_in(seed, i)
-            )
+    ops = [
+        lambda image, op_seed, name=name: timm_op(
+            image, name, policy.prob, policy.magnitude, policy.magnitude_std,
+            policy.magnitude_max, op_seed, fill,
         )
-        choice = tf.random.stateless_uniform([], choice_seed, maxval=len(ops), dtype=tf.int32)
-        branches = [
-            lambda name=name: tf.ensure_shape(
-                timm_op(image, name, policy.prob, policy.magnitude, policy.magnitude_std,
-                        policy.magnitude_max, op_seed, fill),
-                shape,
-            )
-            for name in ops
-        ]
-        return i + 1, tf.switch_case(choice, branches)
-
-    _, image = tf.while_loop(
-        lambda i, _: i < policy.num_layers, layer, [tf.constant(0), image]
-    )
-    return image
+        for name in policy.ops
+    ]
+    return random_layers(image, seed, policy.num_layers, ops)
 
 
 def pil_affine_bilinear(image: tf.Tensor, matrix, fill) -> tf.Tensor:
