@@ -457,6 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_collect)
 
+    def law_grid_arg(p):
+        p.add_argument(
+            "--law-grid",
+            default="coarse",
+            choices=sorted(LAW_GRIDS),
+            help="starts of the parametric fit: " + _grid_help(),
+        )
+
     def fit_args(p, samples):
         p.add_argument(
             "--samples", type=bootstrap_samples, default=samples, help="bootstrap samples"
@@ -481,12 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=analysis.SIZE_COLUMNS,
         help="model-size column (MACs per example make compute = 6 x size x examples exact)",
     )
-    p.add_argument(
-        "--law-grid",
-        default="coarse",
-        choices=sorted(LAW_GRIDS),
-        help="starts of the parametric fit: " + _grid_help(),
-    )
+    law_grid_arg(p)
     fit_args(p, 1000)
     mfu_args(p)
     p.set_defaults(fn=cmd_fit)
@@ -573,12 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=bands.DEFAULT_LEVEL,
         help="central fraction of the bootstrap curves that the bands hold (0.9: 5-95%%)",
     )
-    p.add_argument(
-        "--law-grid",
-        default="coarse",
-        choices=sorted(LAW_GRIDS),
-        help="starts of the parametric fit: " + _grid_help(),
-    )
+    law_grid_arg(p)
     mfu_args(p)
     p.set_defaults(fn=cmd_plot)
 
