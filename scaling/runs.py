@@ -369,25 +369,33 @@ def _parse(value: str, column: str):
     return int(number) if column in INTEGER_COLUMNS and number.is_integer() else number
 
 
-def read_csv(path: str | pathlib.Path) -> list[dict]:
-    """Reads a runs table and checks it; errors name the offending lines and what they need."""
-    path = pathlib.Path(path)
+def _records(path: pathlib.Path, columns, problems: list[str]) -> list[tuple[int, dict]]:
+    """(line number, record) of each well-formed row of the CSV table `path`, which must have
+    `columns`; a row with too few or too many fields is added to `problems` instead."""
     if not path.is_file():
         raise RunsError(f"{path} does not exist; write it with `python -m scaling collect`.")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+        missing = [c for c in columns if c not in (reader.fieldnames or ())]
         if missing:
             raise RunsError(f"{path} lacks the column(s) {missing}; regenerate it with `collect`.")
         raw = [(reader.line_num, record) for record in reader]
-    rows, problems = [], []
-    width = len(reader.fieldnames)
+    width, records = len(reader.fieldnames), []
     for line, record in raw:
         extra, short = record.get(None), None in record.values()
         if extra or short:  # csv.DictReader keeps surplus fields under None, fills short rows
             fields = width + len(extra) if extra else sum(v is not None for v in record.values())
             problems.append(f"line {line}: {fields} fields where the header has {width}")
-            continue
+        else:
+            records.append((line, record))
+    return records
+
+
+def read_csv(path: str | pathlib.Path) -> list[dict]:
+    """Reads a runs table and checks it; errors name the offending lines and what they need."""
+    path = pathlib.Path(path)
+    rows, problems = [], []
+    for line, record in _records(path, COLUMNS, problems):
         row = {}
         for column in COLUMNS:
             try:
@@ -414,27 +422,19 @@ def read_csv(path: str | pathlib.Path) -> list[dict]:
 def read_finetune_csv(path: str | pathlib.Path) -> list[dict]:
     """Reads a fine-tuning table (`collect`) and checks it; errors name the offending lines."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise RunsError(f"{path} does not exist; write it with `python -m scaling collect`.")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in FINETUNE_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise RunsError(f"{path} lacks the column(s) {missing}; regenerate it with `collect`.")
-        rows, problems = [], []
-        for record in reader:
-            line = reader.line_num
-            try:
-                row = {c: _parse((record[c] or "").strip(), c) for c in FINETUNE_COLUMNS}
-            except ValueError:
-                problems.append(f"line {line}: a numeric field is not a number")
-                continue
-            top1, flops = row["top1"], row["pretrain_compute_flops"]
-            if top1 is None or not 0 <= top1 <= 1:
-                problems.append(f"line {line}: top1={top1!r} must be a fraction in [0, 1]")
-            if flops is None or not (math.isfinite(flops) and flops > 0):
-                problems.append(f"line {line}: pretrain_compute_flops={flops!r} must be positive")
-            rows.append(row)
+    rows, problems = [], []
+    for line, record in _records(path, FINETUNE_COLUMNS, problems):
+        try:
+            row = {c: _parse((record[c] or "").strip(), c) for c in FINETUNE_COLUMNS}
+        except ValueError:
+            problems.append(f"line {line}: a numeric field is not a number")
+            continue
+        top1, flops = row["top1"], row["pretrain_compute_flops"]
+        if top1 is None or not 0 <= top1 <= 1:
+            problems.append(f"line {line}: top1={top1!r} must be a fraction in [0, 1]")
+        if flops is None or not (math.isfinite(flops) and flops > 0):
+            problems.append(f"line {line}: pretrain_compute_flops={flops!r} must be positive")
+        rows.append(row)
     if problems:
         raise RunsError(f"{path} has unusable rows; fix or drop them: " + "; ".join(problems) + ".")
     if not rows:
