@@ -60,6 +60,9 @@ def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict
             # 'rand-m9-mstd0.5-inc1' (ConvNeXt), or 'pycls-autoaugment' (Xiao et al.); '': off.
             auto_augment="",
             random_erasing=0.0,  # Probability; ConvNeXt uses 0.25.
+            # Std of AlexNet-style PCA lighting noise (lighting.py; pycls's TRAIN.PCA_STD, 0.1 in
+            # Xiao et al.'s ViT recipe); 0: off.
+            pca_lighting_std=0.0,
             repeated_augmentation=1,  # Augmented copies of each example per batch.
             corrupt_records="error",  # 'error' or 'replace'.
             num_parallel_calls=-1,  # Preprocessing threads; -1 lets tf.data tune it.
@@ -72,8 +75,13 @@ def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict
     return config
 
 
-def normalize(images_uint8, data_config, dtype=jnp.float32) -> jax.Array:
-    """`(x / 255 - mean) / std` per RGB channel, computed in float32, returned as `dtype`."""
+def normalize(images_uint8, data_config, dtype=jnp.float32, lighting=None) -> jax.Array:
+    """`(x / 255 - mean) / std` per RGB channel, computed in float32, returned as `dtype`. With
+    `lighting` ((batch, 3) offsets on the [0, 1] scale, lighting.py), `(x / 255 + lighting -
+    mean) / std`: pycls adds the PCA noise unclipped just before normalising."""
     mean = 255.0 * jnp.asarray(data_config.mean, jnp.float32)
     std = 255.0 * jnp.asarray(data_config.std, jnp.float32)
-    return ((jnp.asarray(images_uint8, jnp.float32) - mean) / std).astype(dtype)
+    x = jnp.asarray(images_uint8, jnp.float32)
+    if lighting is not None:
+        x = x + 255.0 * jnp.asarray(lighting, jnp.float32)[:, None, None, :]
+    return ((x - mean) / std).astype(dtype)

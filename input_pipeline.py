@@ -17,8 +17,9 @@ Augmentation. Slot `i` of step `s` is augmented with the stateless seed derived 
 
 Batches are dicts of numpy arrays: `image` uint8 (b, R, R, 3), `label` int32, `index` int64 (the
 source record each slot reads; -1 for evaluation padding), `replaced` bool (the slot read a
-substitute for a corrupt record), and for evaluation `mask` bool (the slot holds a real
-example). Images stay uint8 on the host; `data_config.normalize` runs on device.
+substitute for a corrupt record), for evaluation `mask` bool (the slot holds a real example),
+and for training with `pca_lighting_std` > 0 `lighting` float32 (b, 3) (the slot's PCA lighting
+offset, lighting.py). Images stay uint8 on the host; `data_config.normalize` runs on device.
 
 Corrupt records. A record whose preprocessing fails (e.g. an undecodable image) stops the run
 with `CorruptRecordError` naming it (`corrupt_records='error'`), or (`'replace'`) is substituted
@@ -41,6 +42,7 @@ import tensorflow as tf
 import augment
 import autoaugment
 import data_sources
+import lighting
 
 Batch = dict[str, np.ndarray]
 
@@ -60,6 +62,7 @@ keep_tensorflow_on_the_host()
 # Salts that keep the random streams derived from one user seed apart.
 _ORDER_SALT = 0x5EED0
 _AUGMENT_SALT = 0xA06
+_LIGHTING_SALT = 0x1167
 
 CORRUPT_RECORD_MODES = ("error", "replace")
 
@@ -94,6 +97,9 @@ def check_data_config(c) -> None:
              "keep one of them (set the other to None or '')")
     if policy:
         autoaugment.check_policy(policy)  # an unknown policy: one sentence naming the valid
+    if not c.get("pca_lighting_std", 0.0) >= 0:
+        fail(f"pca_lighting_std is {c.pca_lighting_std}",
+             "choose a standard deviation >= 0 (0 turns it off; pycls uses 0.1)")
     if not 0 <= c.random_erasing <= 1:
         fail(f"random_erasing is {c.random_erasing}", "choose a probability in [0, 1]")
     if int(c.repeated_augmentation) < 1:
@@ -198,6 +204,8 @@ class _Plan:
     num_parallel_calls: int
     prefetch: int
     is_eval: bool
+    # Slot -> dict of per-example tensors added to its batch entry (e.g. `lighting`), or None.
+    extras: Callable[[tf.Tensor], dict] | None = None
 
 
 def _read(plan: _Plan, elements: dict, overrides: dict[int, int]) -> dict:
@@ -230,7 +238,10 @@ def _dataset(plan: _Plan, first_batch: int, overrides: dict[int, int]) -> tf.dat
 
     def preprocess(e):
         e = dict(e)
-        e["image"] = plan.preprocess(e["image"], e.pop("slot"))
+        slot = e.pop("slot")
+        e["image"] = plan.preprocess(e["image"], slot)
+        if plan.extras is not None:
+            e.update(plan.extras(slot))
         return e
 
     ds = ds.map(preprocess, num_parallel_calls=plan.num_parallel_calls)
@@ -456,9 +467,20 @@ def create_train_iterator(
         preprocess=preprocess,
         num_batches=None,
         is_eval=False,
+        extras=lighting_extras(data_config.get("pca_lighting_std", 0.0), seed),
         **_parallelism(data_config),
     )
     return _iterate(plan, start_step)
+
+
+def lighting_extras(std: float, seed: int) -> Callable[[tf.Tensor], dict] | None:
+    """Slot -> {'lighting': its (3,) PCA lighting offset} (lighting.py), drawn from the stateless
+    seed of (seed, slot) in a stream of its own; None when `std` is 0."""
+    if not std:
+        return None
+    key = tf.constant([seed, _LIGHTING_SALT], tf.int64)
+    return lambda slot: {"lighting": lighting.lighting_offset(
+        tf.random.experimental.stateless_fold_in(key, slot), std)}
 
 
 # Host memory the preprocessed eval batches may take to be kept between evaluations (per

@@ -12,6 +12,7 @@ AdamW (Loshchilov & Hutter 2019) is optax's, with decoupled decay masked the sam
 import math
 import re
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import jax
@@ -75,24 +76,114 @@ def per_block(inner: optax.GradientTransformation) -> optax.GradientTransformati
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def learning_rate_schedule(
-    peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine"
+SCHEDULES = ("cosine", "constant", "pycls", "pycls_per_step")
+
+
+def check_schedule(kind: str, warmup_factor: float, min_lr_fraction: float) -> None:
+    """Raises ValueError, one sentence naming the valid values, for a bad schedule setting."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {kind!r}; choose one of {SCHEDULES}.")
+    for name, value in (("warmup_factor", warmup_factor), ("min_lr_fraction", min_lr_fraction)):
+        if not 0 <= value <= 1:
+            raise ValueError(
+                f"optimizer.{name} is {value}; choose a fraction of the peak lr in [0, 1]."
+            )
+
+
+def pycls_cosine(
+    peak: float, length: float, warmup: float, warmup_factor: float, min_lr_fraction: float
 ) -> optax.Schedule:
-    """Linear warm-up from 0 to `peak`, then cosine decay to 0 at `total_steps` (or constant)."""
+    """pycls's `get_epoch_lr` with `lr_fun_cos` (pycls/core/optimizer.py) at time t (epochs, or
+    steps): peak * ((1 - min) * (1 + cos(pi t / length)) / 2 + min), multiplied during the
+    warm-up (t < warmup) by factor * (1 - t / warmup) + t / warmup. The warm-up scales the
+    cosine of the whole run rather than preceding it."""
+    cosine = optax.cosine_decay_schedule(peak, length, alpha=min_lr_fraction)
+    if warmup == 0:
+        return cosine
+    ramp = optax.linear_schedule(warmup_factor, 1.0, warmup)
+    return lambda t: cosine(t) * ramp(t)
+
+
+def whole_epochs(steps: int, steps_per_epoch: Fraction) -> Fraction:
+    """`steps` in epochs, or the whole number of epochs it is within one step of: pycls counts
+    whole epochs (MAX_EPOCH, WARMUP_EPOCHS), which train.py floors (the run) or rounds (the
+    warm-up) to steps."""
+    epochs = Fraction(steps) / steps_per_epoch
+    nearest = round(epochs)
+    if (nearest or not steps) and abs(steps - nearest * steps_per_epoch) < 1:
+        return Fraction(nearest)
+    return epochs
+
+
+def per_epoch(
+    schedule_of_epoch: optax.Schedule, total_steps: int, steps_per_epoch: Fraction
+) -> optax.Schedule:
+    """The step function that holds `schedule_of_epoch(e)` through epoch e, as pycls's trainer
+    sets the lr once at the start of each epoch (pycls/core/trainer.py `train_epoch`). Step s
+    belongs to the epoch of its first example, floor(s / steps_per_epoch); the epochs' first
+    steps are exact integers, so no rounding moves a step into another epoch."""
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    starts = jnp.asarray([math.ceil(e * steps_per_epoch) for e in range(1, num_epochs)], jnp.int32)
+    values = schedule_of_epoch(jnp.arange(num_epochs, dtype=jnp.float32))
+    return lambda step: values[jnp.searchsorted(starts, step, side="right")]
+
+
+def learning_rate_schedule(
+    peak: float,
+    total_steps: int,
+    warmup_steps: int,
+    kind: str = "cosine",
+    *,
+    warmup_factor: float = 0.0,
+    min_lr_fraction: float = 0.0,
+    steps_per_epoch: Fraction | float | None = None,
+) -> optax.Schedule:
+    """The lr at each step of a run of `total_steps`, by `kind`:
+
+    - 'cosine': linear warm-up from warmup_factor x peak to `peak` over `warmup_steps`, then
+      cosine decay to min_lr_fraction x peak at `total_steps` (Loshchilov & Hutter 2017);
+    - 'constant': the same warm-up, then `peak`;
+    - 'pycls': pycls's rule (`pycls_cosine`, Xiao et al. 2021: factor 0.1, min 0.005) in
+      epochs, set once per epoch as pycls does; needs `steps_per_epoch` (examples per epoch /
+      global batch; a Fraction keeps the epochs' first steps exact);
+    - 'pycls_per_step': the same rule evaluated at every step (t in steps).
+    """
+    check_schedule(kind, warmup_factor, min_lr_fraction)
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(
             f"Warm-up of {warmup_steps} steps does not fit in a run of {total_steps} steps."
         )
-    if kind == "cosine":
-        if warmup_steps == total_steps:  # Nothing left to decay over.
-            return optax.linear_schedule(0.0, peak, warmup_steps)
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, total_steps, 0.0)
-    if kind == "constant":
+    if kind == "pycls":
+        if steps_per_epoch is None or steps_per_epoch <= 0:
+            raise ValueError(
+                f"Schedule 'pycls' sets the lr per epoch and needs steps_per_epoch > 0, got "
+                f"{steps_per_epoch}; pass examples per epoch / global batch size."
+            )
+        steps_per_epoch = Fraction(steps_per_epoch)
+        rule = pycls_cosine(
+            peak, float(whole_epochs(total_steps, steps_per_epoch)),
+            float(whole_epochs(warmup_steps, steps_per_epoch)), warmup_factor, min_lr_fraction,
+        )
+        return per_epoch(rule, total_steps, steps_per_epoch)
+    if kind == "pycls_per_step":
+        return pycls_cosine(peak, total_steps, warmup_steps, warmup_factor, min_lr_fraction)
+    start = warmup_factor * peak
+    if kind == "constant" or warmup_steps == total_steps:  # nothing left to decay over
         return optax.join_schedules(
-            [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
+            [optax.linear_schedule(start, peak, warmup_steps), optax.constant_schedule(peak)],
             [warmup_steps],
         )
-    raise ValueError(f"Unknown schedule {kind!r}; choose 'cosine' or 'constant'.")
+    return optax.warmup_cosine_decay_schedule(
+        start, peak, warmup_steps, total_steps, min_lr_fraction * peak
+    )
+
+
+def schedule_options(optimizer: ml_collections.ConfigDict) -> dict:
+    """`learning_rate_schedule`'s warm-up and end fractions from `config.optimizer`."""
+    return dict(
+        warmup_factor=optimizer.get("warmup_factor", 0.0),
+        min_lr_fraction=optimizer.get("min_lr_fraction", 0.0),
+    )
 
 
 def scaled_learning_rate(config: ml_collections.ConfigDict, global_batch_size: int) -> float:

@@ -225,10 +225,11 @@ def make_train_step(
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         dropout_rng, mix_rng = jax.random.split(rng)
 
-        def on_device(params, batch_stats, images, labels):
+        def on_device(params, batch_stats, images, labels, lighting):
             params = data_parallel.gather_params(params, specs)
             positions = data_parallel.example_positions(images.shape[0])
-            images = normalize(images)
+            # `lighting`: PCA lighting offsets (config.data.pca_lighting_std), or None.
+            images = normalize(images) if lighting is None else normalize(images, lighting)
             targets = smoothed_targets(labels, num_classes, label_smoothing)
             # Identity without MixUp and CutMix; in 'halves' mode half as many come out, with
             # their labels and positions in the trained batch.
@@ -261,10 +262,10 @@ def make_train_step(
         loss, correct, batch_stats, grads = jax.shard_map(
             on_device,
             mesh=device_mesh,
-            in_specs=(specs, PartitionSpec(), batch_spec, batch_spec),
+            in_specs=(specs, PartitionSpec(), batch_spec, batch_spec, batch_spec),
             out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), specs),
             check_vma=False,
-        )(state.params, state.batch_stats, batch["image"], batch["label"])
+        )(state.params, state.batch_stats, batch["image"], batch["label"], batch.get("lighting"))
 
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -379,9 +380,9 @@ def make_eval_step(
 
 
 def normalizer(config):
-    """uint8 images -> normalized images in the compute dtype."""
-    return lambda images: data_config.normalize(
-        images, config.data, jnp.dtype(config.compute_dtype)
+    """uint8 images (and PCA lighting offsets) -> normalized images in the compute dtype."""
+    return lambda images, lighting=None: data_config.normalize(
+        images, config.data, jnp.dtype(config.compute_dtype), lighting
     )
 
 

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,10 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
         f"{config.eval_batch_size} over {devices} devices.",
     )
     need(config.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive.")
+    try:
+        optim.check_schedule(config.optimizer.schedule, **optim.schedule_options(config.optimizer))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     need(
         config.nonfinite_policy in ("halt", "skip"),
         f"nonfinite_policy is {config.nonfinite_policy!r}; choose 'halt' or 'skip'.",
@@ -206,22 +211,27 @@ def create_model(config):
 
 def device_batch(host_batch: dict, flag: str, batch_sharding) -> dict:
     """The global batch of the step's jitted function from this host's slice: uint8 images,
-    int32 labels and the bool `flag` entry ('replaced' for training, 'mask' for evaluation)."""
-    return input_pipeline.to_global_batch(
-        {"image": host_batch["image"], "label": np.asarray(host_batch["label"], np.int32),
-         flag: host_batch[flag]},
-        batch_sharding,
-    )
+    int32 labels, the bool `flag` entry ('replaced' for training, 'mask' for evaluation) and
+    the PCA lighting offsets when the pipeline draws them."""
+    batch = {"image": host_batch["image"], "label": np.asarray(host_batch["label"], np.int32),
+             flag: host_batch[flag]}
+    if "lighting" in host_batch:
+        batch["lighting"] = host_batch["lighting"]
+    return input_pipeline.to_global_batch(batch, batch_sharding)
 
 
-def abstract_batch(batch_size: int, resolution: int, flag: str, batch_sharding) -> dict:
+def abstract_batch(batch_size: int, resolution: int, flag: str, batch_sharding,
+                   lighting: bool = False) -> dict:
     """Shapes, dtypes and sharding of `device_batch`'s output, to compile ahead of time."""
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-    return {
+    batch = {
         "image": spec((batch_size, resolution, resolution, 3), jnp.uint8),
         "label": spec((batch_size,), jnp.int32),
         flag: spec((batch_size,), jnp.bool_),
     }
+    if lighting:
+        batch["lighting"] = spec((batch_size, 3), jnp.float32)
+    return batch
 
 
 
@@ -254,7 +264,7 @@ def enable_compilation_cache(config, workdir: str) -> str | None:
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
     directory = config.get("compilation_cache_dir", "")
-    if directory == "none":
+    if directory == "none" or not (directory or workdir):  # E.g. a dry run without a workdir.
         return None
     directory = directory or os.path.join(workdir, "compilation_cache")
     jax.config.update("jax_compilation_cache_dir", directory)
@@ -300,7 +310,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
     model = create_model(config)
     peak_lr = optim.scaled_learning_rate(config.optimizer, config.global_batch_size)
     schedule = optim.learning_rate_schedule(
-        peak_lr, total_steps, warmup_steps, config.optimizer.schedule
+        peak_lr, total_steps, warmup_steps, config.optimizer.schedule,
+        steps_per_epoch=Fraction(num_train, config.global_batch_size),
+        **optim.schedule_options(config.optimizer),
     )
     optimizer = optim.create_optimizer(config.optimizer, schedule)
     image_shape = (config.data.train_resolution, config.data.train_resolution, 3)
@@ -359,7 +371,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
         compile_start = time.perf_counter()
         train_step = train_step.lower(
             state, abstract_batch(config.global_batch_size, config.data.train_resolution,
-                                  "replaced", batch_sharding),
+                                  "replaced", batch_sharding,
+                                  lighting=config.data.pca_lighting_std > 0),
         ).compile()
         eval_step = eval_step.lower(
             state.params, state.batch_stats,

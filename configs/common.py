@@ -85,9 +85,13 @@ def base_config() -> ml_collections.ConfigDict:
             name="sgd_agc",  # 'sgd_agc' or 'adamw'.
             learning_rate=1.6,  # Peak lr at reference_batch_size, scaled linearly with batch.
             reference_batch_size=4096,
+            # 'cosine', 'constant', 'pycls' (pycls's rule, set once per epoch) or
+            # 'pycls_per_step' (optim.learning_rate_schedule).
             schedule="cosine",
             warmup_epochs=5.0,
             warmup_steps=-1,  # If >= 0, overrides warmup_epochs.
+            warmup_factor=0.0,  # The warm-up starts at this fraction of the peak lr.
+            min_lr_fraction=0.0,  # The cosine ends at this fraction of the peak lr.
             momentum=0.9,
             nesterov=True,
             weight_decay=2e-5,

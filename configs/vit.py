@@ -6,18 +6,17 @@ configs/vitconv_baselines/vit/ViT-{P,C}-*GF_adamw_*gpus.yaml, ImageNet-1k, with 
 defaults in pycls/core/config.py) unless a comment says "our choice": AdamW (betas 0.9 /
 0.999, torch's eps 1e-8) at batch 2048, lr 1e-3 (7e-4 for the 36GF models), weight decay 0.24
 on every param but norms and biases (pycls's `construct_optimizer` with LN, BN and BIAS custom
-decay 0: kernels, the class token and the position embedding), cosine with 5 warm-up epochs,
-400 epochs, MixUp 0.8 or CutMix 1.0 (one of the two per batch), label smoothing 0.1, EMA,
-pycls's AutoAugment ("pycls-autoaugment", autoaugment.py), bilinear resizing, 224 px train,
+decay 0: kernels, the class token and the position embedding), pycls's cosine schedule set
+once per epoch (optim.learning_rate_schedule 'pycls': 5 warm-up epochs from 0.1 x lr, ending at
+0.005 x lr), 400 epochs, MixUp 0.8 or CutMix 1.0 (one of the two per batch), label smoothing
+0.1, EMA, pycls's AutoAugment ("pycls-autoaugment", autoaugment.py) followed by AlexNet-style
+PCA lighting noise of std 0.1 (TRAIN.PCA_STD, lighting.py), bilinear resizing, 224 px train,
 shorter side 256 then a 224 centre crop for evaluation. The paper's central finding: ViT_C
 trains nearly as well with SGD as with AdamW, ViT_P does not; the `sgd` flag switches to SGD +
 Nesterov momentum 0.9 (no AGC) so the pair can be rerun; its lr and weight decay (0.1 x batch /
 256, 5e-5) are our choice, to be swept as the paper sweeps lr and weight decay.
 
-Deviations from pycls (not supported here): pycls warms up from 0.1 x lr (WARMUP_FACTOR), sets
-the lr once per epoch and ends the cosine at 0.005 x lr (MIN_LR); here the lr is set per step,
-from 0 to 0. pycls follows AutoAugment with AlexNet-style PCA lighting noise (TRAIN.PCA_STD 0.1,
-its default), which is not implemented here. pycls pairs mixed examples by a random
+Deviations from pycls (not supported here): pycls pairs mixed examples by a random
 permutation, here each with its neighbour (mixing.py). pycls copies the weights into the EMA
 during warm-up; here the EMA warms up as optim.ema_decay does.
 
@@ -53,7 +52,10 @@ def vit_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     c.model.overrides.attention_implementation = "xla"  # 'cudnn': NVIDIA's fused attention
     c.data = data_config(a)
     c.total_epochs = a.epochs  # MAX_EPOCH 400
+    c.optimizer.schedule = "pycls"  # LR_POLICY cos, the lr set once per epoch (trainer.py)
     c.optimizer.warmup_epochs = 5.0  # WARMUP_EPOCHS 5
+    c.optimizer.warmup_factor = 0.1  # WARMUP_FACTOR 0.1 (pycls's default)
+    c.optimizer.min_lr_fraction = 0.005  # MIN_LR 0.005 (relative to BASE_LR)
     c.optimizer.agc_clip = None
     c.optimizer.weight_decay_include = DECAYED
     if a.sgd:
@@ -79,4 +81,5 @@ def vit_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.interpolation = "bilinear"  # pycls transforms.py: cv2.INTER_LINEAR
     c.data.randaugment = None
     c.data.auto_augment = "pycls-autoaugment"  # TRAIN.AUGMENT AutoAugment
+    c.data.pca_lighting_std = 0.1  # TRAIN.PCA_STD 0.1 (pycls's default), after AutoAugment
     return c

@@ -183,18 +183,24 @@ def test_pipeline_yields_global_batch_indices_on_any_host_count(n, batch, seed, 
 
 def test_resumed_run_is_bit_identical_with_full_augmentation():
     config = small_config(
-        train_resolution=16, randaugment=(2, 9), random_erasing=0.5, repeated_augmentation=2
+        train_resolution=16, randaugment=(2, 9), random_erasing=0.5, repeated_augmentation=2,
+        pca_lighting_std=0.1,
     )
     source = jpeg_images(11)
     run = global_batches(config, source, batch=8, seed=5, start=0, steps=5, hosts=1)
     resumed = global_batches(config, source, batch=8, seed=5, start=3, steps=2, hosts=2)
     for step, got in enumerate(resumed, start=3):
+        assert set(got) == set(run[step]) >= {"image", "lighting"}
         for key in got:
             np.testing.assert_array_equal(got[key], run[step][key])
     # Repeated augmentation: slots i and i + 4 hold the same example, augmented differently.
     for got in run:
         np.testing.assert_array_equal(got["index"][:4], got["index"][4:])
         assert all(not np.array_equal(got["image"][i], got["image"][i + 4]) for i in range(4))
+    # PCA lighting: each slot's offset is drawn from (seed, slot), 8 distinct ones per batch.
+    lighting = np.concatenate([got["lighting"] for got in run])
+    assert lighting.shape == (40, 3) and lighting.dtype == np.float32
+    assert len(np.unique(lighting[:, 0])) == 40
 
 
 def test_eval_covers_every_example_once_with_padding_masked():
@@ -291,6 +297,7 @@ def test_corrupt_records_are_replaced_deterministically_and_counted():
         ("corrupt_records", "skip", "corrupt_records"),
         ("randaugment", (2, 9, 1), "randaugment"),
         ("random_erasing", 2.0, "random_erasing"),
+        ("pca_lighting_std", -0.1, "pca_lighting_std is -0.1; choose a standard deviation"),
         ("repeated_augmentation", 0, "repeated_augmentation"),
         ("num_classes", 3, "num_classes=7"),
     ],

@@ -1,5 +1,8 @@
 """Optimizer transforms against hand-written reference formulas."""
 
+import math
+from fractions import Fraction
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ import optax
 import pytest
 
 import optim
+from configs import vit_p_1gf
 
 
 def reference_unitwise_norm(x):
@@ -140,3 +144,58 @@ def test_unknown_optimizer_is_an_error():
 
     with pytest.raises(ValueError, match="sgd_agc"):
         optim.create_optimizer(ml_collections.ConfigDict(dict(name="lamb")), lambda s: 0.1)
+
+
+def pycls_epoch_lr(epoch, base_lr, max_epoch, warmup_epochs, warmup_factor, min_lr):
+    """pycls/core/optimizer.py `get_epoch_lr` with `lr_fun_cos` (branch vitconfigs), transcribed
+    in float64."""
+    lr = 0.5 * (1.0 + np.cos(np.pi * epoch / max_epoch))
+    lr = ((1.0 - min_lr) * lr + min_lr) * base_lr
+    alpha = np.asarray(epoch, np.float64) / warmup_epochs
+    return np.where(epoch < warmup_epochs, lr * (warmup_factor * (1.0 - alpha) + alpha), lr)
+
+
+def test_pycls_schedule_per_epoch_matches_pycls():
+    # Xiao et al.'s ImageNet recipe as configs/vit.py sets it: 400 epochs, 5 of warm-up from
+    # 0.1 x lr, cosine to 0.005 x lr, at batch 2048; steps as train.run_length makes them.
+    config = vit_p_1gf.get_config()
+    num_train, batch, lr = 1_281_167, config.global_batch_size, config.optimizer.learning_rate
+    assert (batch, config.total_epochs, config.optimizer.warmup_epochs) == (2048, 400, 5)
+    total_steps, warmup_steps = math.floor(400 * num_train / batch), round(5 * num_train / batch)
+    schedule = optim.learning_rate_schedule(
+        lr, total_steps, warmup_steps, config.optimizer.schedule,
+        steps_per_epoch=Fraction(num_train, batch), **optim.schedule_options(config.optimizer),
+    )
+    epochs = np.array([0, 1, 4, 5, 6, 100, 200, 398, 399])
+    first = np.array([-(-e * num_train // batch) for e in epochs])  # first step of each epoch
+    steps = np.concatenate([first, first[1:] - 1, [total_steps - 1]])
+    expected = pycls_epoch_lr(steps * batch // num_train, lr, 400, 5, 0.1, 0.005)
+    # float32 evaluation: within 1e-6 of the lr and 2e-8 of the peak (the cosine near its end).
+    np.testing.assert_allclose(schedule(jnp.asarray(steps)), expected, rtol=1e-6, atol=2e-8 * lr)
+    assert float(schedule(0)) == pytest.approx(0.1 * lr)  # WARMUP_FACTOR x BASE_LR
+    assert float(schedule(first[1])) > float(schedule(first[1] - 1))  # one step per epoch
+
+
+def test_pycls_schedule_per_step_is_the_same_rule_in_steps():
+    schedule = optim.learning_rate_schedule(
+        2.0, 1000, 30, "pycls_per_step", warmup_factor=0.1, min_lr_fraction=0.005
+    )
+    steps = np.array([0, 1, 15, 29, 30, 31, 500, 999, 1000])
+    np.testing.assert_allclose(
+        schedule(jnp.asarray(steps)), pycls_epoch_lr(steps, 2.0, 1000, 30, 0.1, 0.005), rtol=1e-6,
+        atol=2e-8 * 2.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, options, message",
+    [
+        ("linear", {}, r"Unknown schedule 'linear'; choose one of \('cosine', 'constant', "),
+        ("pycls", dict(warmup_factor=1.5), r"warmup_factor is 1.5; choose .* in \[0, 1\]"),
+        ("cosine", dict(min_lr_fraction=-0.1), r"min_lr_fraction is -0.1; choose .* \[0, 1\]"),
+        ("pycls", {}, "needs steps_per_epoch"),
+    ],
+)
+def test_schedule_refuses_bad_values(kind, options, message):
+    with pytest.raises(ValueError, match=message):
+        optim.learning_rate_schedule(1.0, 100, 10, kind, **options)

@@ -197,14 +197,29 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
                  full.params, accum.params)
 
 
-def test_dry_run_prints_sizes_and_exits(capsys):
+def test_dry_run_prints_sizes_and_exits(capsys, monkeypatch):
     config = importlib.import_module("configs.nfnet_f0").get_config("imagenet")
     config.num_train_examples = 1_281_167
+    # As on the command line: no --workdir, no compilation cache chosen beforehand.
+    monkeypatch.setattr(train, "enable_compilation_cache",
+                        _without_preset_cache(train.enable_compilation_cache))
     train.train_and_evaluate(config, None, dry_run=True)
     out = capsys.readouterr().out
     assert "71,489,284" in out
     assert "112,602 (1,564 warm-up)" in out  # 360 epochs at batch 4096, rounded down
     assert "stem_conv0/kernel" in out
+
+
+def _without_preset_cache(enable):
+    """`enable` run with JAX's compilation cache directory unset, then restored."""
+    def wrapped(config, workdir):
+        preset = jax.config.jax_compilation_cache_dir
+        jax.config.update("jax_compilation_cache_dir", None)
+        try:
+            return enable(config, workdir)
+        finally:
+            jax.config.update("jax_compilation_cache_dir", preset)
+    return wrapped
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(REPO / "configs" / "*.py"))))
