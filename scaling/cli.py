@@ -244,7 +244,7 @@ def _preset_specs(args) -> tuple[list, list[str]]:
     if given:
         raise SystemExit(f"--preset {args.preset} sets the grid; leave out {', '.join(given)}.")
     preset = sweep.PRESETS[args.preset]()
-    sweep.check_configs(list(preset.lrs), args.configs)
+    sweep.check_configs(list(preset.models), args.configs)
     return preset.specs(), [*preset.extra, *args.extra]
 
 
@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(sweep.PRESETS),
         help="a named grid instead of --models/--epochs/--lrs: cpu = tiny NFNets and ViTs on "
-        "the digits, ~20 minutes on 2 CPU cores (scripts/cpu_scaling_sweep.py runs it)",
+        "the digits, ~25 minutes on 2 CPU cores (scripts/cpu_scaling_sweep.py runs it)",
     )
     p.add_argument("--models", nargs="+", help="config names, CONFIG or CONFIG:ARGS")
     p.add_argument("--epochs", nargs="+", type=positive_float, help="epoch budgets")

@@ -26,31 +26,56 @@ class RunSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
-    """A named sweep: each model (a config, with arguments) with its own lr grid, x the epoch
-    budgets, plus extra train.py flags."""
+class ModelGrid:
+    """One model's epoch budgets and learning rates in a preset (every budget x every lr)."""
 
-    lrs: dict[str, tuple[float, ...]]  # model -> its learning rates
     epochs: tuple[float, ...]
+    lrs: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named sweep: each model (a config, with arguments) with its own epoch budgets and lr
+    grid, plus extra train.py flags."""
+
+    models: dict[str, ModelGrid]
     extra: tuple[str, ...] = ()
 
     def specs(self) -> list[RunSpec]:
-        return [s for model, lrs in self.lrs.items() for s in plan([model], self.epochs, lrs)]
+        return [s for model, g in self.models.items() for s in plan([model], g.epochs, g.lrs)]
 
 
-def _cpu_lrs() -> dict[str, tuple[float, ...]]:
-    """Three tiny NFNets and three tiny ViTs (configs/scaling_cpu.py), widths and depths varied,
-    spanning ~6x in MACs per family and overlapping in compute; each family's 2x lr grid is
-    centred near its recipe's lr (SGD 0.4 as configs/quickstart.py; AdamW 2e-3, twice
-    configs/vit_stem_comparison.py's, as the budgets here are 4-15x shorter)."""
-    families = {
-        "nfnet": (((8, 1), (16, 1), (16, 2)), lr_grid(0.4, 1, 1)),
-        "vit": (((32, 2), (64, 2), (64, 4)), lr_grid(2e-3, 1, 1)),
-    }
+@dataclasses.dataclass(frozen=True)
+class FamilyGrid:
+    """A family of configs/scaling_cpu.py: its (width, depth) shapes, budgets and lr grid."""
+
+    shapes: tuple[tuple[int, int], ...]
+    epochs: tuple[float, ...]
+    lr_center: float
+
+
+# The CPU sweep's families (README, "A real sweep on 2 CPU cores"). Shapes: five per family,
+# about 2x apart in MACs per example (NFNet 0.06-2.0 MMACs, ViT 0.07-0.80 MMACs), so that an
+# IsoFLOP slice holds runs on both sides of its minimum. Budgets: 4 per model (IsoFLOP slices
+# need 4, `isoflop.MIN_BUDGETS`), 8x in compute, so that models 2-4x apart overlap; the ViTs
+# get 2x the NFNets' epochs, as in pilot runs at the NFNets' budgets the smallest ViT won by
+# far (fewer steps lose). The lr grids are centred on each family's best lr in pilot runs
+# (configs/scaling_cpu.DEFAULT_LR); scripts/cpu_scaling_sweep.py extends a grid whose best lr
+# is an end.
+CPU_FAMILIES = {
+    "nfnet": FamilyGrid(((4, 1), (8, 1), (12, 1), (16, 1), (24, 1)), (2.0, 4.0, 8.0, 16.0), 0.8),
+    "vit": FamilyGrid(((16, 1), (16, 2), (32, 1), (32, 2), (32, 4)), (4.0, 8.0, 16.0, 32.0), 8e-3),
+}
+
+
+def _cpu_models() -> dict[str, ModelGrid]:
+    """configs/scaling_cpu.py's models of CPU_FAMILIES, each with a 2x lr grid of 3."""
     return {
-        f"scaling_cpu:family={family},width={width},depth={depth}": tuple(lrs)
-        for family, (shapes, lrs) in families.items()
-        for width, depth in shapes
+        f"scaling_cpu:family={family},width={width},depth={depth}": ModelGrid(
+            g.epochs, tuple(lr_grid(g.lr_center, 1, 1))
+        )
+        for family, g in CPU_FAMILIES.items()
+        for width, depth in g.shapes
     }
 
 
@@ -61,10 +86,9 @@ def lr_grid(center: float, below: int, above: int) -> list[float]:
     return [center * 2.0**k for k in range(-below, above + 1)]
 
 
-# Sweeps of fixed size. `cpu` runs end to end on 2 CPU cores in about 20 minutes (README,
-# "Scaling laws at CPU scale"): 6 models x 4 epoch budgets (1.5k to 12k digits; IsoFLOP slices
-# need 4 budgets per model, `isoflop`) x 3 lrs.
-PRESETS = {"cpu": lambda: Preset(lrs=_cpu_lrs(), epochs=(1.0, 2.0, 4.0, 8.0))}
+# Sweeps of fixed size. `cpu` runs end to end on 2 CPU cores in about 25 minutes (README,
+# "A real sweep on 2 CPU cores"): 10 models x 4 epoch budgets x 3 lrs.
+PRESETS = {"cpu": lambda: Preset(models=_cpu_models())}
 
 
 def plan(models, epochs, lrs, seeds=(0,)) -> list[RunSpec]:

@@ -5,9 +5,11 @@
 
 DIR gets sweep.sh (the runs), workdirs/, logs/, run_times.csv (each run's wall time), runs.csv,
 per family runs_<family>.csv, fit_<family>.json and fit_<family>.txt (the fit summary), and
-figures/ (both families together) and figures/<family>/. Rerunning the command resumes: a
-finished run is not trained again. `--no-train` only collects, fits and plots what DIR holds;
-`--dry-run` prints the steps and runs nothing.
+figures/ (both families together) and figures/<family>/. Where a (model, epoch budget)'s best
+lr is an end of its grid, the grid is extended by one 2x step beyond that end and the run is
+added (`--lr-extensions` rounds), so that every optimum is located inside its grid. Rerunning
+the command resumes: a finished run is not trained again. `--no-train` only collects, fits and
+plots what DIR holds; `--dry-run` prints the steps and runs nothing.
 """
 
 import argparse
@@ -25,7 +27,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scaling import cli, runs  # noqa: E402
+from scaling import cli, learning_rate, runs, sweep  # noqa: E402
 
 PRESET = "cpu"
 FAMILIES = ("nfnet", "vit")
@@ -36,10 +38,31 @@ def sweep_commands(out: pathlib.Path) -> list[str]:
     script = out / "sweep.sh"
     argv = ["sweep", "--preset", PRESET, "--workdir-root", str(out / "workdirs")]
     argv += ["--configs", str(REPO / "configs"), "-o", str(script)]
-    # One compilation cache for all runs: runs of a model share their evaluation step.
-    argv += [f"--extra=--config.compilation_cache_dir={out / 'compilation_cache'}"]
+    argv += [f"--extra={flag}" for flag in _extra_flags(out)]
     _scaling(argv)
     return [line for line in script.read_text().splitlines() if line.startswith("python ")]
+
+
+def _extra_flags(out: pathlib.Path) -> list[str]:
+    # One compilation cache for all runs: runs of a model share their evaluation step.
+    return [f"--config.compilation_cache_dir={out / 'compilation_cache'}"]
+
+
+def lr_extension_commands(out: pathlib.Path, rows: list[dict]) -> list[str]:
+    """For each (model, epoch budget) whose best lr is an end of its 2x grid, the run one 2x step
+    beyond that end; none where that run was tried and failed (it diverged)."""
+    models = {sweep.model_dir(m): m for m in sweep.PRESETS[PRESET]().models}
+    preset_model = {r["model"]: models[pathlib.Path(r["run"]).parent.name] for r in rows}
+    commands = []
+    for choice in learning_rate.choose(rows):
+        if choice.bracketed:
+            continue
+        lr = choice.best_lr * (2.0 if choice.best_lr == max(choice.lrs) else 0.5)
+        spec = sweep.RunSpec(preset_model[choice.model], choice.epochs, lr)
+        command = sweep.command(spec, REPO / "configs", out / "workdirs", _extra_flags(out))
+        if not _workdir(command).exists():
+            commands.append(command)
+    return commands
 
 
 def _scaling(argv: list[str], log: pathlib.Path | None = None, ok=(0,)) -> None:
@@ -74,27 +97,72 @@ def run_one(command: str, log: pathlib.Path) -> float:
     return time.perf_counter() - start
 
 
-def train_all(commands: list[str], out: pathlib.Path, jobs: int) -> list[tuple[str, float]]:
-    """Runs the commands `jobs` at a time; (work directory, seconds) of each."""
+def finished(workdir: pathlib.Path) -> bool:
+    """Whether `workdir` holds a finished run (its final evaluation logged), which a resumed
+    sweep skips rather than starting train.py only to find it done."""
+    if runs.not_a_run(workdir):
+        return False
+    try:
+        return runs.read_workdir(workdir)[0] is not None
+    except runs.RunsError:  # stopped before its first metrics: train.py starts it again
+        return False
+
+
+def train_all(
+    commands: list[str], out: pathlib.Path, jobs: int, log_prefix="run", may_fail=False
+) -> list[tuple[str, float]]:
+    """Runs the unfinished commands `jobs` at a time; (work directory, seconds) of each. With
+    `may_fail`, a failed run is reported and the others go on."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    todo = [(i, c) for i, c in enumerate(commands) if not finished(_workdir(c))]
+    if len(todo) < len(commands):
+        print(f"{len(commands) - len(todo)} of {len(commands)} runs already finished.")
     done = []
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {
-            pool.submit(run_one, c, logs / f"run{i:03d}.log"): _workdir(c)
-            for i, c in enumerate(commands)
+            pool.submit(run_one, c, logs / f"{log_prefix}{i:03d}.log"): _workdir(c) for i, c in todo
         }
         for future in concurrent.futures.as_completed(futures):
-            done.append((str(futures[future]), future.result()))
-            print(f"[{len(done)}/{len(commands)}] {done[-1][1]:6.1f} s {done[-1][0]}", flush=True)
+            try:
+                done.append((str(futures[future]), future.result()))
+            except RuntimeError as e:
+                if not may_fail:
+                    raise
+                print(f"note: {e} Its grid's end stays the best lr.", flush=True)
+                continue
+            print(f"[{len(done)}/{len(todo)}] {done[-1][1]:6.1f} s {done[-1][0]}", flush=True)
     return done
 
 
+def _workdirs(out: pathlib.Path) -> list[str]:
+    return sorted(str(p) for p in (out / "workdirs").glob("*/*"))
+
+
+def extend_lr_grids(out: pathlib.Path, jobs: int, rounds: int) -> list[tuple[str, float]]:
+    """Up to `rounds` rounds of `lr_extension_commands` runs; (work directory, seconds) of each."""
+    times = []
+    for round_index in range(rounds):
+        rows, _ = runs.collect(_workdirs(out))
+        commands = lr_extension_commands(out, rows)
+        if not commands:
+            break
+        print(f"Extending {len(commands)} lr grids whose best lr is an end by one 2x step.")
+        times += train_all(commands, out, jobs, f"lr_extension{round_index}_", may_fail=True)
+    return times
+
+
 def write_times(times: list[tuple[str, float]], path: pathlib.Path) -> None:
+    """Adds the runs' wall times to `path`, keeping those of earlier (resumed) invocations."""
+    earlier = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            earlier = {row["workdir"]: row["seconds"] for row in csv.DictReader(f)}
+    earlier.update((w, f"{t:.1f}") for w, t in times)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["workdir", "seconds"])
-        writer.writerows(sorted(times))
+        writer.writerows(sorted(earlier.items()))
 
 
 def split_families(runs_csv: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
@@ -112,9 +180,8 @@ def split_families(runs_csv: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
 
 def analyse(out: pathlib.Path, samples: int, law_grid: str) -> None:
     """collect -> runs.csv; fit and plot each family; plot both families together."""
-    workdirs = sorted(str(p) for p in (out / "workdirs").glob("*/*"))
     runs_csv = out / "runs.csv"
-    _scaling(["collect", *workdirs, "-o", str(runs_csv)])
+    _scaling(["collect", *_workdirs(out), "-o", str(runs_csv)])
     fit_args = ["--samples", str(samples), "--law-grid", law_grid]
     plot = ["--formats", "png", "--dpi", "80", *fit_args]
     for family, path in split_families(runs_csv):
@@ -143,6 +210,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--law-grid", default="coarse", choices=sorted(cli.LAW_GRIDS), help="fit and plot's"
     )
+    parser.add_argument(
+        "--lr-extensions",
+        type=cli.nonnegative_int,
+        default=2,
+        help="rounds of extending each lr grid whose best lr is an end by one 2x step",
+    )
     parser.add_argument("--no-train", action="store_true", help="only collect, fit and plot")
     parser.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     args = parser.parse_args(argv)
@@ -152,10 +225,12 @@ def main(argv=None) -> int:
     commands = sweep_commands(out)
     if args.dry_run:
         print("\n".join(commands))
-        print(f"then collect, fit and plot {', '.join(FAMILIES)} into {out}")
+        print(f"then up to {args.lr_extensions} rounds of lr-grid extensions, and collect, fit")
+        print(f"and plot {', '.join(FAMILIES)} into {out}")
         return 0
     if not args.no_train:
         times = train_all(commands, out, args.jobs)
+        times += extend_lr_grids(out, args.jobs, args.lr_extensions)
         write_times(times, out / "run_times.csv")
         print(
             f"{len(times)} runs: {sum(t for _, t in times):.0f} s of runs in "
