@@ -13,13 +13,15 @@ global sequence does not depend on P, and resuming needs only the step: a run ma
 another host count and see the same data.
 
 Augmentation. Slot `i` of step `s` is augmented with the stateless seed derived from
-(seed, s B + i) (`augment.py`), so a resumed run yields bit-identical batches, pixels included.
+(seed, s B + i) (`imagedata/augment.py`), so a resumed run yields bit-identical batches, pixels
+included.
 
 Batches are dicts of numpy arrays: `image` uint8 (b, R, R, 3), `label` int32, `index` int64 (the
 source record each slot reads; -1 for evaluation padding), `replaced` bool (the slot read a
 substitute for a corrupt record), for evaluation `mask` bool (the slot holds a real example),
 and for training with `pca_lighting_std` > 0 `lighting` float32 (b, 3) (the slot's PCA lighting
-offset, lighting.py). Images stay uint8 on the host; `data_config.normalize` runs on device.
+offset, imagedata/lighting.py). Images stay uint8 on the host; `data_config.normalize` runs on
+device.
 
 Corrupt records. A record whose preprocessing fails (e.g. an undecodable image) stops the run
 with `CorruptRecordError` naming it (`corrupt_records='error'`), or (`'replace'`) is substituted
@@ -39,10 +41,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-import augment
-import autoaugment
-import data_sources
-import lighting
+from imagedata import augment, autoaugment, data_sources, lighting
 
 Batch = dict[str, np.ndarray]
 
@@ -474,8 +473,8 @@ def create_train_iterator(
 
 
 def lighting_extras(std: float, seed: int) -> Callable[[tf.Tensor], dict] | None:
-    """Slot -> {'lighting': its (3,) PCA lighting offset} (lighting.py), drawn from the stateless
-    seed of (seed, slot) in a stream of its own; None when `std` is 0."""
+    """Slot -> {'lighting': its (3,) PCA lighting offset} (imagedata/lighting.py), drawn from the
+    stateless seed of (seed, slot) in a stream of its own; None when `std` is 0."""
     if not std:
         return None
     key = tf.constant([seed, _LIGHTING_SALT], tf.int64)

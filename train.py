@@ -23,20 +23,11 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-import checkpoint
-import data_sources
-import distributed
-import finetune
-import hardware
 import input_pipeline
-import macs
-import mixing
-import models
-import optim
-import sam
-import sharding
-import steps
-from metric_logging import ExampleIndexLog, MetricsLog
+from imagedata import data_sources
+from modeling import hardware, macs, registry
+from training import checkpoint, distributed, finetune, mixing, optim, sam, sharding, steps
+from training.metric_logging import ExampleIndexLog, MetricsLog
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:argument].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -113,7 +104,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
 
 
 def validate_finetune_config(config: ml_collections.ConfigDict, need, mesh) -> None:
-    """SAM, layer-wise lr decay and pre-trained initialisation (finetune.py)."""
+    """SAM, layer-wise lr decay and pre-trained initialisation (training/finetune.py)."""
     s, batch = config.sam, config.global_batch_size
     need(s.rho >= 0, f"sam.rho must be >= 0 (0 turns SAM off), got {s.rho}.")
     need(0 < s.ascent_fraction <= 1, f"sam.ascent_fraction must be in (0, 1], got "
@@ -196,7 +187,7 @@ def check_same_classes(data, train_source, eval_source) -> None:
 
 
 def create_model(config):
-    return models.create(
+    return registry.create(
         config.model.name,
         num_classes=config.data.num_classes,
         dtype=jnp.dtype(config.compute_dtype),

@@ -21,12 +21,11 @@ per core, with the ratios, and so is its rate per second of this process's CPU t
 figure for CPU-bound runs on cores shared with other work (a wait costs no CPU time, so only the
 wall-clock figure says what latency costs).
 
-    python benchmarks/array_record_benchmark.py [--images 1024 --batch 64 --latency_ms 5]
+    python -m benchmarks.array_record_benchmark [--images 1024 --batch 64 --latency_ms 5]
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -35,13 +34,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from array_record.python import array_record_data_source
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import augment  # noqa: E402
-import data_config  # noqa: E402
-import data_sources  # noqa: E402
-import input_pipeline  # noqa: E402
-from benchmarks import pipeline_timing  # noqa: E402
+import input_pipeline
+from benchmarks import pipeline_timing
+from imagedata import augment, data_config, data_sources
 
 NUM_CLASSES = 10
 SPLIT = "train"

@@ -12,8 +12,8 @@ Each model is compiled in every layout of `--layouts`, one after the other in th
 unrolled blocks, scanned blocks (`nn.scan`), and scanned blocks rematerialised under
 `nothing_saveable` (remat) or `dots_saveable` (remat-dots); ratios to the first layout follow.
 
-    python benchmarks/compile_time_benchmark.py      # NFNet-F7+, ConvNeXt-XL, ViT-G/14, 224 px
-    python benchmarks/compile_time_benchmark.py --models nfnet_f3plus "vit_g/14:pool='map'" \
+    python -m benchmarks.compile_time_benchmark      # NFNet-F7+, ConvNeXt-XL, ViT-G/14, 224 px
+    python -m benchmarks.compile_time_benchmark --models nfnet_f3plus "vit_g/14:pool='map'" \
         --layouts scanned remat --batch_per_device 16 --resolution 256
 
 A model is `name[:field=value,...]` with model-field overrides. To compile for N devices on a
@@ -23,26 +23,17 @@ XLA_FLAGS=--xla_force_host_platform_device_count=N.
 
 import argparse
 import ast
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import macs  # noqa: E402
-import models  # noqa: E402
-import sharding  # noqa: E402
-import steps  # noqa: E402
-from benchmarks.train_throughput_benchmark import (  # noqa: E402
-    abstract_train_state,
-    make_optimizer,
-)
-from configs.convnext import convnext_config  # noqa: E402
-from configs.nfnet import nfnet_config  # noqa: E402
-from configs.vit import vit_config  # noqa: E402
+from benchmarks.train_throughput_benchmark import abstract_train_state, make_optimizer
+from configs.convnext import convnext_config
+from configs.nfnet import nfnet_config
+from configs.vit import vit_config
+from modeling import macs, registry
+from training import sharding, steps
 
 DEFAULT_MODELS = ("nfnet_f7plus", "convnext_xlarge", "vit_G/14")
 # Model-field overrides of each layout.
@@ -73,7 +64,7 @@ def parse_model(spec: str) -> tuple[str, dict]:
 
 def train_config(name: str, dtype: str, num_classes: int | None):
     """The family's default train.py config for model `name` (e.g. 'nfnet_f7plus')."""
-    family, variant = models.split_name(name)
+    family, variant = registry.split_name(name)
     config = FAMILY_CONFIGS[family](variant, None)
     config.compute_dtype = dtype
     if num_classes:
@@ -99,7 +90,7 @@ def measure(spec: str, batch_per_device: int, resolution: int | None, dtype: str
     overrides = {**overrides, **LAYOUTS.get(layout, {})}
     config = train_config(name, dtype, num_classes)
     resolution = resolution or config.data.train_resolution
-    model = models.create(name, num_classes=config.data.num_classes, dtype=jnp.dtype(dtype),
+    model = registry.create(name, num_classes=config.data.num_classes, dtype=jnp.dtype(dtype),
                           **{**config.model.overrides, **overrides})
     mesh = sharding.create_mesh(dict(config.mesh))
     batch = batch_per_device * mesh.devices.size

@@ -8,16 +8,12 @@ the one-device step compiled at two batch sizes (step_cost's fit); everything is
 shapes, nothing allocated, on fake CPU devices (XLA:CPU at optimization level 0: nothing runs,
 and the HLO that is measured does not depend on it):
 
-    python benchmarks/cost_at_scale.py                    # about 8 minutes on 2 cores
-    python benchmarks/cost_at_scale.py --models nfnet_f0 --devices 8 64
+    python -m benchmarks.cost_at_scale                    # about 8 minutes on 2 cores
+    python -m benchmarks.cost_at_scale --models nfnet_f0 --devices 8 64
 """
 
 import argparse
 import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODELS = {  # name in the table: (config module, function, variant)
     "NFNet-F0": ("configs.nfnet", "nfnet_config", "F0"),
@@ -39,8 +35,8 @@ def table_rows(name, config, device_counts, batch):
     """One markdown row per device count."""
     import jax
 
-    import hardware
     from benchmarks import step_cost
+    from modeling import hardware
 
     config.global_batch_size = batch
     rows, per_example = [], None

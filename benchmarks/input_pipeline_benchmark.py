@@ -9,24 +9,19 @@ seeds from a stateful generator. Rounds alternate between the two, each pipeline
 so that load from other processes affects both alike; the median rate of each is printed, per
 core, with their ratio.
 
-    python benchmarks/input_pipeline_benchmark.py [--images 256 --batch 64 --batches 8]
+    python -m benchmarks.input_pipeline_benchmark [--images 256 --batch 64 --batches 8]
 """
 
 import argparse
 import functools
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import augment  # noqa: E402
-import data_config  # noqa: E402
-import data_sources  # noqa: E402
-import input_pipeline  # noqa: E402
-from benchmarks import pipeline_timing  # noqa: E402
+import input_pipeline
+from benchmarks import pipeline_timing
+from imagedata import augment, data_config, data_sources
 
 
 def make_jpegs(count: int, seed: int = 0) -> list[bytes]:

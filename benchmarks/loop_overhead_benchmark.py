@@ -4,15 +4,14 @@ train.py's step time includes everything the loop does around the step (input pi
 host-to-device transfer, metrics, async checkpoints, NaN checks); the bare loop calls the same
 jitted step on one device-resident batch. Both use the same model, batch and optimizer.
 
-    python benchmarks/loop_overhead_benchmark.py                      # tiny NFNet, CPU-sized
-    python benchmarks/loop_overhead_benchmark.py --model=nfnet_F0 --batch=256 --resolution=192
+    python -m benchmarks.loop_overhead_benchmark                      # tiny NFNet, CPU-sized
+    python -m benchmarks.loop_overhead_benchmark --model=nfnet_F0 --batch=256 --resolution=192
 
 Prints both step times and their ratio (target: <= 1.05).
 """
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import data_config  # noqa: E402
-import optim  # noqa: E402
-import steps  # noqa: E402
-import train  # noqa: E402
-from configs import quickstart  # noqa: E402
+import train
+from configs import quickstart
+from imagedata import data_config
+from training import optim, steps
 
 
 def benchmark_config(args):

@@ -1,7 +1,7 @@
 """Profiles our train step (as train.py builds it) and writes what is needed to find its costs.
 
-    python benchmarks/profile_train_step.py --model nfnet_f0 --batch 256 --out profile_f0
-    python benchmarks/profile_train_step.py --model nfnet_tiny --batch 8 --resolution 32 \
+    python -m benchmarks.profile_train_step --model nfnet_f0 --batch 256 --out profile_f0
+    python -m benchmarks.profile_train_step --model nfnet_tiny --batch 8 --resolution 32 \
         --out /tmp/profile_tiny --steps 2                               # seconds, on a CPU
 
 Prints XLA's cost analysis of the step (FLOPs, bytes accessed, temporaries), the dtype
@@ -28,16 +28,13 @@ import json
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 import jax
 from jax.extend import core as jex_core
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import macs  # noqa: E402
-from benchmarks.train_throughput_benchmark import TARGETS, build_ours  # noqa: E402
+from benchmarks.train_throughput_benchmark import TARGETS, build_ours
+from modeling import macs
 
 # ----------------------------------------------------------------------------------------------
 # Static views: HLO text, XLA's cost analysis, dtype conversions in the jaxpr.

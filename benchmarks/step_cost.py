@@ -33,7 +33,8 @@ shapes only, nothing allocated, on fake CPU devices or real ones, and reports pe
   parameters once, reduce-scatters their gradients, all-reduces the replicated parameters'
   gradients (over all devices) and the shards' (over 'data'); small arrays aside, nothing else,
   and nothing classed 'activation'.
-- A roofline estimate on a named accelerator (hardware.py): step time = max(FLOPs / peak FLOP/s,
+- A roofline estimate on a named accelerator (modeling/hardware.py): step time = max(FLOPs / peak
+FLOP/s,
   bytes accessed / HBM bandwidth) + bytes each device sends in collectives / its share of the
   chip's one-way interconnect bandwidth (half the two-way ICI or NVLink figure). Bytes sent
   follow ring algorithms over a group of n devices: all-reduce 2 (n - 1) / n of the array,
@@ -45,8 +46,8 @@ shapes only, nothing allocated, on fake CPU devices or real ones, and reports pe
 On fake CPU devices the SPMD partitioning, hence the collectives, is the one any backend gets
 from the same shardings; fusion, layouts and so bytes accessed and temporaries are XLA:CPU's.
 
-    python benchmarks/step_cost.py --config=configs/quickstart.py --devices 8
-    python benchmarks/step_cost.py --config=configs/nfnet_f0.py --devices 64 \
+    python -m benchmarks.step_cost --config=configs/quickstart.py --devices 8
+    python -m benchmarks.step_cost --config=configs/nfnet_f0.py --devices 64 \
         --mesh data=16,fsdp=4 --batch 4096 --resolution 224 --accelerator tpu_v4 --json f0.json
 
 `--devices N` makes N CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N,
@@ -97,12 +98,6 @@ import ml_collections  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-sys.path.insert(0, str(REPO))
-
-import hardware  # noqa: E402
-import macs  # noqa: E402
-import sharding  # noqa: E402
-import steps  # noqa: E402
 import train  # noqa: E402
 from benchmarks.hlo_cost import (  # noqa: E402
     ACTIVATION,
@@ -121,6 +116,8 @@ from benchmarks.train_throughput_benchmark import (  # noqa: E402
     abstract_train_state,
     make_optimizer,
 )
+from modeling import hardware, macs  # noqa: E402
+from training import sharding, steps  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # Ideals and the roofline.
@@ -302,7 +299,8 @@ def compile_step(config, model, mesh, batch: int, resolution: int):
         model, config, optimizer, resolution, mesh
     )
     state = sharding.with_shardings(abstract_state, state_sharding)
-    images = train.abstract_batch(batch, resolution, "replaced", sharding.batch_sharding(mesh))
+    images = train.abstract_batch(batch, resolution, "replaced", sharding.batch_sharding(mesh),
+                                  lighting=config.data.pca_lighting_std > 0)
     with jax.set_mesh(mesh):
         jitted = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
         compiled = jitted.lower(state, images).compile()

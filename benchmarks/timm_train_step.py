@@ -13,10 +13,8 @@ with the model (forward and backward) and the optimizer step compiled by `torch.
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 
 def time_steps(step: Callable, sync: Callable, warmup: int, count: int) -> tuple[float, float]:
@@ -36,7 +34,6 @@ def time_steps(step: Callable, sync: Callable, warmup: int, count: int) -> tuple
 def build_model(spec: dict):
     """timm.create_model(name, **kwargs), or a small model of the parity-test fixtures."""
     if spec["fixture"]:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from tests.fixtures import export_timm_fixtures as fixtures
 
         return getattr(fixtures, spec["fixture"])(**spec["model_kwargs"])

@@ -2,7 +2,7 @@
 
 Ours: the train step exactly as train.py builds it (steps.make_train_step with the model's
 recipe optimizer from its config: SGD + Nesterov + AGC for NFNets, AdamW for ConvNeXt and ViT;
-jitted with the shardings of sharding.py over every local device, state donated). timm: the
+jitted with the shardings of training/sharding.py over every local device, state donated). timm: the
 same architecture (`dm_nfnet_f0`, `convnext_tiny`, `vit_base_patch16_224`) trained with the
 equivalent step (timm's SGD + Nesterov with `adaptive_clip_grad`, or AdamW, from timm's
 optimizer factory; bfloat16 autocast, channels_last, the model and the optimizer step compiled
@@ -10,9 +10,9 @@ with `torch.compile`). Both train on synthetic uint8 batches that are already on
 normalized inside the step, so the input pipeline is not measured; both use the config's label
 smoothing and stochastic-depth rate; MixUp/CutMix and EMA are off in both.
 
-    python benchmarks/train_throughput_benchmark.py --batch 256        # F0 192 px, T, B/16
-    python benchmarks/train_throughput_benchmark.py --models nfnet_f0 --batch 256 --steps 50
-    python benchmarks/train_throughput_benchmark.py --models nfnet_tiny vit_tiny --batch 8 \
+    python -m benchmarks.train_throughput_benchmark --batch 256        # F0 192 px, T, B/16
+    python -m benchmarks.train_throughput_benchmark --models nfnet_f0 --batch 256 --steps 50
+    python -m benchmarks.train_throughput_benchmark --models nfnet_tiny vit_tiny --batch 8 \
         --resolution 32 --steps 5 --warmup 3                            # minutes, on a CPU
 
 `--json FILE` writes every figure after each model; `--profile DIR` traces the slowest of ours
@@ -21,8 +21,8 @@ smoothing and stochastic-depth rate; MixUp/CutMix and EMA are off in both.
 Prints a table (device, model, batch per device, px, images/s per device of ours and timm,
 their ratio, MFU of both) with the targets: ratio >= 1.0; MFU >= 35% (NFNet-F0, ConvNeXt-T),
 >= 50% (ViT-B/16) on an H100. `--batch` is per device: ours trains on batch x local devices
-(sharded as train.py shards), timm on one device. MFU = 6 x MACs per example (macs.py) x
-examples per device per second / peak FLOP/s of one device (hardware.py).
+(sharded as train.py shards), timm on one device. MFU = 6 x MACs per example (modeling/macs.py) x
+examples per device per second / peak FLOP/s of one device (modeling/hardware.py).
 
 timm's side runs in a child process (benchmarks/timm_train_step.py, torch only), every model
 before any of ours, and JAX does not preallocate GPU memory here, so each framework has the
@@ -46,21 +46,15 @@ from pathlib import Path
 # JAX would otherwise take 75% of the GPU's memory at start-up, leaving torch too little.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import hardware  # noqa: E402
-import macs  # noqa: E402
-import models  # noqa: E402
-import optim  # noqa: E402
-import sharding  # noqa: E402
-import steps  # noqa: E402
-from benchmarks.timm_train_step import time_steps  # noqa: E402
-from configs.convnext import convnext_config  # noqa: E402
-from configs.nfnet import nfnet_config  # noqa: E402
-from configs.vit import vit_config  # noqa: E402
+from benchmarks.timm_train_step import time_steps
+from configs.convnext import convnext_config
+from configs.nfnet import nfnet_config
+from configs.vit import vit_config
+from modeling import hardware, macs, registry
+from training import optim, sharding, steps
 
 # Smith et al. 2023's F7+ run: ~110k TPU-v4 core hours for 1.936e22 FLOPs imply 35.6% MFU.
 TPU_V4_REFERENCE_MFU = 0.35
@@ -73,7 +67,7 @@ TARGET_RATIO = 1.0
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    model: str  # models.create name
+    model: str  # registry.create name
     config: Callable  # () -> the model's train.py config (optimizer, label smoothing, ...)
     resolution: int  # default training resolution (px)
     timm: Callable  # (ours: nn.Module, resolution, num_classes) -> timm model spec
@@ -153,7 +147,7 @@ def benchmark_config(target: Target, dtype: str):
 
 
 def create_model(target: Target, config):
-    return models.create(
+    return registry.create(
         target.model,
         num_classes=config.data.num_classes,
         dtype=jnp.dtype(config.compute_dtype),
@@ -286,8 +280,9 @@ def timm_spec(target: Target, batch: int, resolution: int, dtype: str, warmup: i
 
 def measure_timm(spec: dict, python: str) -> dict:
     """Runs timm_train_step.py in a child process; its JSON line, or {'error': message}."""
-    worker = Path(__file__).resolve().parent / "timm_train_step.py"
-    done = subprocess.run([python, str(worker), json.dumps(spec)], capture_output=True,
+    # From the repository's root, so that the worker finds tests.fixtures' small models.
+    done = subprocess.run([python, "-m", "benchmarks.timm_train_step", json.dumps(spec)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
                           text=True, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:
@@ -361,7 +356,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="interpreter of an environment with torch and timm for timm's side "
                         "(default: this one)")
     parser.add_argument("--peak_flops", type=float, default=None,
-                        help="peak FLOP/s per device (default: hardware.py's table)")
+                        help="peak FLOP/s per device (default: modeling/hardware.py's table)")
     parser.add_argument("--json", default=None,
                         help="also write every figure to this JSON file (after each model)")
     parser.add_argument("--profile", default=None,

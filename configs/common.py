@@ -13,7 +13,7 @@ import ast
 
 import ml_collections
 
-from data_config import DATASET_PRESETS, default_data_config
+from imagedata.data_config import DATASET_PRESETS, default_data_config
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = ml_collections.ConfigDict(
         dict(
-            name="nfnet_f0",  # '<family>_<variant>', see models.py.
+            name="nfnet_f0",  # '<family>_<variant>', see modeling/registry.py.
             # Module field overrides passed to the family's create(), e.g. stochastic_depth.
             overrides=ml_collections.ConfigDict(),
         )
@@ -111,12 +111,12 @@ def base_config() -> ml_collections.ConfigDict:
             layer_decay_rule="convnext",
         )
     )
-    # Sharpness-aware minimization (sam.py): rho = 0 is off. The ascent step uses the first
+    # Sharpness-aware minimization (training/sam.py): rho = 0 is off. The ascent step uses the first
     # ascent_fraction of each of num_groups groups of the batch (1: global SAM; the number of
     # data-parallel replicas: Brock et al. 2021a's per-replica SAM). Groups stay on their
     # devices: num_groups is a multiple of the device count, or 1 with ascent_fraction 1.
     c.sam = ml_collections.ConfigDict(dict(rho=0.0, ascent_fraction=1.0, num_groups=1))
-    # Initialisation from pre-trained weights (finetune.py); path '' trains from scratch.
+    # Initialisation from pre-trained weights (training/finetune.py); path '' trains from scratch.
     c.init = ml_collections.ConfigDict(
         dict(
             # A workdir of this codebase, a timm .safetensors file, a big_vision ViT .npz or a
@@ -132,9 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.mixup_alpha = 0.0
     c.cutmix_alpha = 0.0
-    # How MixUp and CutMix combine (mixing.py): 'switch' (timm: one of the two per batch, coin
-    # flip) or 'halves' (the NFNet reference: MixUp on half the pairs, CutMix on the other half;
-    # each trained example mixes two examples read, so a step trains on half the batch).
+    # How MixUp and CutMix combine (training/mixing.py): 'switch' (timm: one of the two per batch,
+    # coin flip) or 'halves' (the NFNet reference: MixUp on half the pairs, CutMix on the other
+    # half; each trained example mixes two examples read, so a step trains on half the batch).
     c.mix_mode = "switch"
     c.ema_decay = ml_collections.FieldReference(None, field_type=float)  # None: no EMA.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices.
@@ -150,6 +150,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache_dir = ""
     # Write DIR/example_indices.jsonl (every batch's source indices) to audit data order.
     c.log_example_indices = False
-    # Peak FLOP/s per device for MFU; None looks the device up in hardware.py.
+    # Peak FLOP/s per device for MFU; None looks the device up in modeling/hardware.py.
     c.peak_flops_per_device = ml_collections.FieldReference(None, field_type=float)
     return c

@@ -6,7 +6,7 @@ epochs with 20 warm-up, cosine, MixUp 0.8 / CutMix 1.0, label smoothing 0.1, ran
 0.25, EMA 0.9999, stochastic depth from the variant table (T 0.1, S 0.4, B/L 0.5), 224 px with
 a 224 / 256 centre crop for evaluation, timm's RandAugment "rand-m9-mstd0.5-inc1" (2 layers,
 magnitude ~ N(9, 0.5) clipped to [0, 10] per op, each op applied with probability 0.5, the
-"increasing" op set; randaugment.py). Deviation: the cosine ends at 0, not 1e-6.
+"increasing" op set; imagedata/randaugment.py). Deviation: the cosine ends at 0, not 1e-6.
 
 Each value below cites its source: "Table 5" is the paper's ImageNet-1K training settings
 (Appendix A.1), "main.py" / "datasets.py" the reference code's defaults; no value is our

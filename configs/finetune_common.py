@@ -2,7 +2,7 @@
 finetune_vit.py): the common arguments and the config they build on.
 
 Common arguments: `init=` the pre-trained checkpoint (a workdir of this codebase, a timm
-.safetensors or a big_vision / DeepMind .npz; see finetune.py), `model=` the variant (the
+.safetensors or a big_vision / DeepMind .npz; see training/finetune.py), `model=` the variant (the
 checkpoint's), `data=`, `data_dir=`, `classes=` (configs/common.py), `res=` / `eval_res=`
 train and eval resolutions, `repeat=` repeated augmentation (copies of each example per batch,
 Hoffer et al. 2020), `batch=`, `lr=` (peak lr at the recipe's batch size, scaled linearly with

@@ -13,8 +13,8 @@ Stochastic depth (drop path) from TRAINING.md: from 22k B 0.2, L 0.3, XL 0.4; fr
 B 0.8, L 0.95. Other variants have no published value: pass `drop_path=`.
 
 RandAugment is timm's "rand-m9-mstd0.5-inc1" (main.py's `--aa` default, as in pre-training;
-randaugment.py). Deviations, as configs/convnext.py: the cosine ends at 0, not 1e-6; our EMA
-has the (1 + t) / (10 + t) warm-up. At 384 px ConvNeXt evaluates the whole image resized to
+imagedata/randaugment.py). Deviations, as configs/convnext.py: the cosine ends at 0, not 1e-6; our
+EMA has the (1 + t) / (10 + t) warm-up. At 384 px ConvNeXt evaluates the whole image resized to
 384 x 384 ("warping"); we resize the shorter side to 384 and crop the centre (eval crop ratio
 1); at 224 px the crop ratio is 224 / 256 as in pre-training.
 

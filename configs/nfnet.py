@@ -21,21 +21,21 @@ the reference's epochs. Deviation: the reference applies RandAugment after mixin
 (experiment_nfnets.py `augment_before_mix=False`); here RandAugment runs on the host, before.
 
 Comments below cite each value: "ref" is deepmind-research/nfnets experiment_nfnets.py /
-dataset.py, "Table 1" Brock et al.'s variant table (models.variant_info). Both recipes keep the
+dataset.py, "Table 1" Brock et al.'s variant table (registry.variant_info). Both recipes keep the
 base config's SGD with Nesterov momentum 0.9 and AGC (clip 0.01, not on the final linear layer;
 ref) and the cosine schedule.
 """
 
 import ml_collections
 
-import mixing
-import models
 from configs.common import DATA_ARGS, base_config, data_config, parse_arg
+from modeling import registry
+from training import mixing
 
 
 def nfnet_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, epochs=-1.0, lr=-1.0, imagenet=False, **DATA_ARGS)
-    info = models.variant_info(f"nfnet_{variant}")
+    info = registry.variant_info(f"nfnet_{variant}")
     c = base_config()
     c.model.name = f"nfnet_{variant}"
     c.data = data_config(a)

@@ -9,16 +9,16 @@ on every param but norms and biases (pycls's `construct_optimizer` with LN, BN a
 decay 0: kernels, the class token and the position embedding), pycls's cosine schedule set
 once per epoch (optim.learning_rate_schedule 'pycls': 5 warm-up epochs from 0.1 x lr, ending at
 0.005 x lr), 400 epochs, MixUp 0.8 or CutMix 1.0 (one of the two per batch), label smoothing
-0.1, EMA, pycls's AutoAugment ("pycls-autoaugment", autoaugment.py) followed by AlexNet-style
-PCA lighting noise of std 0.1 (TRAIN.PCA_STD, lighting.py), bilinear resizing, 224 px train,
-shorter side 256 then a 224 centre crop for evaluation. The paper's central finding: ViT_C
-trains nearly as well with SGD as with AdamW, ViT_P does not; the `sgd` flag switches to SGD +
-Nesterov momentum 0.9 (no AGC) so the pair can be rerun; its lr and weight decay (0.1 x batch /
-256, 5e-5) are our choice, to be swept as the paper sweeps lr and weight decay.
+0.1, EMA, pycls's AutoAugment ("pycls-autoaugment", imagedata/autoaugment.py) followed by
+AlexNet-style PCA lighting noise of std 0.1 (TRAIN.PCA_STD, imagedata/lighting.py), bilinear
+resizing, 224 px train, shorter side 256 then a 224 centre crop for evaluation. The paper's central
+finding: ViT_C trains nearly as well with SGD as with AdamW, ViT_P does not; the `sgd` flag switches
+to SGD + Nesterov momentum 0.9 (no AGC) so the pair can be rerun; its lr and weight decay (0.1 x
+batch / 256, 5e-5) are our choice, to be swept as the paper sweeps lr and weight decay.
 
 Deviations from pycls (not supported here): pycls pairs mixed examples by a random
-permutation, here each with its neighbour (mixing.py). pycls copies the weights into the EMA
-during warm-up; here the EMA warms up as optim.ema_decay does.
+permutation, here each with its neighbour (training/mixing.py). pycls copies the weights into the
+EMA during warm-up; here the EMA warms up as optim.ema_decay does.
 
 Arguments: `epochs=`, `lr=`, `wd=`, `sgd`, `data=`, `data_dir=`, `classes=` (configs/common.py).
 """

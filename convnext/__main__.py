@@ -9,7 +9,7 @@ import argparse
 
 from convnext.roadmap import PAPER_FIGURES, ROADMAP
 from convnext.variants import ROADMAP_PREFIX, VARIANTS, canonical_name, create
-from macs import abstract_variables, count_params, model_macs
+from modeling.macs import abstract_variables, count_params, model_macs
 
 SIZES = [name for name in VARIANTS if not name.startswith(ROADMAP_PREFIX)]
 

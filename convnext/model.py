@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-import block_stack
 from convnext.layers import (
     ACTIVATIONS,
     INITS,
@@ -21,6 +20,7 @@ from convnext.layers import (
     kernel_init,
     norm_layer,
 )
+from modeling import block_stack
 
 Dtype = Any
 

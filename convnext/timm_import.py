@@ -11,11 +11,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-import block_stack
 from convnext.model import ConvNeXt
 from convnext.variants import canonical_name, create
-from macs import abstract_variables
-from weight_import import Rule, conv_kernel, import_tree, linear_kernel
+from modeling import block_stack
+from modeling.macs import abstract_variables
+from modeling.weight_import import Rule, conv_kernel, import_tree, linear_kernel
 
 # The module fields that fix the tensors of each timm layout.
 _CONVNEXT_LAYOUT = dict(

@@ -8,10 +8,9 @@ roadmap as 'roadmap_<step>' (see `convnext.roadmap`). Each entry holds plain hyp
 
 from flax import linen as nn
 
-import block_stack
-import models
 from convnext.model import ConvNeXt
 from convnext.roadmap import ROADMAP
+from modeling import block_stack, registry
 
 # name: depths, widths, stochastic depth rate. The rates are the ImageNet-1k ones (Appendix
 # A.1: 0.1 / 0.4 / 0.5 / 0.5 for T / S / B / L); XL, trained only with ImageNet-22k
@@ -73,4 +72,4 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     `scan=False` (unrolled blocks) or `remat=False`.
     """
     entry = VARIANTS[canonical_name(variant)]
-    return models.build(ConvNeXt, entry, RECIPE_FIELDS, num_classes, overrides, "ConvNeXt")
+    return registry.build(ConvNeXt, entry, RECIPE_FIELDS, num_classes, overrides, "ConvNeXt")

@@ -6,7 +6,7 @@
 
 import argparse
 
-from macs import abstract_variables, count_params, model_macs
+from modeling.macs import abstract_variables, count_params, model_macs
 from nfnets.variants import VARIANTS, canonical_name, create
 
 # 224 px is Smith et al.'s JFT pre-training resolution for the "+" variants.

@@ -21,11 +21,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-import block_stack
-from macs import abstract_variables
+from modeling import block_stack
+from modeling.macs import abstract_variables
+from modeling.weight_import import Rule, flatten, import_tree
 from nfnets.model import NFNet
 from nfnets.variants import canonical_name, create
-from weight_import import Rule, flatten, import_tree
 
 ROOT = "NFNet/~/"
 CLASSIFIER = f"{ROOT}linear"

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-import block_stack
+from modeling import block_stack
 from nfnets.layers import SqueezeExcite, StochasticDepth, WSConv2D, scaled_activation
 
 Dtype = Any

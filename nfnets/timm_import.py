@@ -15,11 +15,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-import block_stack
-from macs import abstract_variables
+from modeling import block_stack
+from modeling.macs import abstract_variables
+from modeling.weight_import import Rule, conv_kernel, flatten, import_tree, linear_kernel
 from nfnets.model import NFNet
 from nfnets.variants import canonical_name, create
-from weight_import import Rule, conv_kernel, flatten, import_tree, linear_kernel
 
 _OURS_TO_TIMM_CONV = {"conv0": "conv1", "conv1": "conv2", "conv1b": "conv2b", "conv2": "conv3"}
 

@@ -7,8 +7,7 @@ plus the recipe figures that belong to the variant (resolutions, RandAugment), w
 
 from flax import linen as nn
 
-import block_stack
-import models
+from modeling import block_stack, registry
 from nfnets.model import NFNet
 
 # Brock et al. 2021a, Table 1 / deepmind-research/nfnets `base.nfnet_params`.
@@ -92,4 +91,4 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     blocks), `remat=True`, or `**TIMM_NUMERICS`.
     """
     entry = VARIANTS[canonical_name(variant)]
-    return models.build(NFNet, entry, RECIPE_FIELDS, num_classes, overrides, "NFNet")
+    return registry.build(NFNet, entry, RECIPE_FIELDS, num_classes, overrides, "NFNet")

@@ -6,7 +6,7 @@ import math
 import pathlib
 import sys
 
-import hardware
+from modeling import hardware
 from scaling import (
     analysis,
     bands,

@@ -7,7 +7,7 @@ activations and to the weights), so forward + backward = 3 x forward = 6 FLOPs p
 resolution with `macs.model_macs`; evaluation, data augmentation and the optimizer update are
 not counted.
 
-Core hours = FLOPs / (peak FLOP/s per core x MFU x 3600), with the peak from `hardware.py`.
+Core hours = FLOPs / (peak FLOP/s per core x MFU x 3600), with the peak from `modeling/hardware.py`.
 """
 
 import dataclasses
@@ -15,9 +15,7 @@ import functools
 import math
 from collections.abc import Iterable
 
-import hardware
-import macs
-import models
+from modeling import hardware, macs, registry
 from scaling import paper_models
 
 TRAIN_FLOPS_PER_MAC = 6
@@ -37,13 +35,13 @@ def _check_positive(name: str, value: float) -> None:
 
 def canonical_model_name(name: str) -> str:
     """The registry spelling of a model name: 'nfnet_f7plus' and 'nfnet_F7+' give 'nfnet_F7+'."""
-    family, variant = models.split_name(name)
-    return f"{family}_{models.family_package(family).canonical_name(variant)}"
+    family, variant = registry.split_name(name)
+    return f"{family}_{registry.family_package(family).canonical_name(variant)}"
 
 
 @functools.cache
 def _counted_cost(name: str, resolution: int, num_classes: int, overrides=()) -> ModelCost:
-    model = models.create(name, num_classes=num_classes, **dict(overrides))
+    model = registry.create(name, num_classes=num_classes, **dict(overrides))
     variables = macs.abstract_variables(model, resolution)
     return ModelCost(macs.model_macs(model, resolution), macs.count_params(variables["params"]))
 
@@ -81,7 +79,7 @@ def model_cost(
 
 def _changed_fields(name: str, overrides: dict | None) -> dict:
     """The overrides that change a field of the model's variant table entry."""
-    entry = models.variant_info(name)
+    entry = registry.variant_info(name)
     return {
         k: _frozen(v)
         for k, v in sorted((overrides or {}).items())

@@ -2,7 +2,7 @@
 
 MACs per example and parameter counts were precomputed with the project's counter
 (`macs.model_macs`, `macs.count_params`) because tracing the largest models takes up to a
-minute; tests/test_scaling_compute.py recounts entries of the smallest models.
+minute; tests/unit/test_scaling_compute.py recounts entries of the smallest models.
 """
 
 # Smith et al. 2023, Sec. 2: pre-training on JFT-4B (about 4B images, 30k classes) at 224 px.

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-import hardware
+from modeling import hardware
 from scaling import bands, compute, fit_power_law, learning_rate, reference_points
 
 LOSS_LABEL = "Held-out loss (cross-entropy, nats)"

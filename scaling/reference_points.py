@@ -33,5 +33,5 @@ REFERENCE_POINTS = (
     ReferencePoint("NFNet-F7+", "NFNet", 110e3, 0.903, SMITH_2023),
     ReferencePoint("NFNet-F7+ with RA", "NFNet", 110e3, 0.904, SMITH_2023),
 )
-# The accelerator of `tpu_v4_core_hours`, as named in hardware.py.
+# The accelerator of `tpu_v4_core_hours`, as named in modeling/hardware.py.
 ACCELERATOR = "tpu_v4"

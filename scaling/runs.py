@@ -8,7 +8,7 @@ config turns EMA on (a positive `ema_decay` at the top level or under `optimizer
 `eval_loss` / `eval_top1`. Compute = 6 x MACs per example (at the training resolution) x
 examples seen (see `scaling.compute`).
 
-Fine-tuning runs (`config.init.path` set, see finetune.py) make a second table, one row per
+Fine-tuning runs (`config.init.path` set, see training/finetune.py) make a second table, one row per
 finished fine-tuning run joined to the pre-training run it started from: `init.path` names that
 run's work directory, and the compute is the pre-training run's up to the checkpoint loaded
 (the step in the run's `init_report.json`, else `config.init.step`, else the run's end). A
@@ -23,8 +23,8 @@ import pathlib
 
 from etils import epath
 
-import metric_logging
 from scaling import compute
+from training import metric_logging
 
 COLUMNS = (
     "run",
@@ -233,8 +233,8 @@ def init_path(workdir) -> str:
 
 
 def _loaded_step(workdir: epath.Path, config: dict) -> int | None:
-    """The pre-training checkpoint step a fine-tuning run loaded: finetune.py's report records
-    it; before the report exists, `config.init.step` (-1, the latest, gives None)."""
+    """The pre-training checkpoint step a fine-tuning run loaded: training/finetune.py's report
+    records it; before the report exists, `config.init.step` (-1, the latest, gives None)."""
     report = workdir / "init_report.json"
     if report.is_file():
         try:

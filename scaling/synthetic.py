@@ -12,7 +12,7 @@ clip(1.2 - 0.3 L, 0, 1), only so that the figures have something to draw.
 
 import numpy as np
 
-import hardware
+from modeling import hardware
 from scaling import compute, paper_models
 from scaling.fit_chinchilla import ChinchillaLaw
 from scaling.learning_rate import LrModel

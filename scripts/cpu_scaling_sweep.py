@@ -24,10 +24,9 @@ import subprocess
 import sys
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from scaling import cli, learning_rate, runs, sweep
 
-from scaling import cli, learning_rate, runs, sweep  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 PRESET = "cpu"
 FAMILIES = ("nfnet", "vit")

@@ -303,7 +303,8 @@ def code_commands(s: Settings) -> list[Command]:
 
 
 def install_command(s: Settings) -> Command:
-    """A virtual environment with requirements.txt and JAX's TPU support, on every worker.
+    """A virtual environment with the project (requirements.txt) and JAX's TPU support, on every
+    worker: `pip install -e .[tpu]`, as README says for a TPU VM.
     uv provides the Python version (jax needs 3.11+; the TPU images ship 3.10)."""
     python = shlex.quote(s.remote_python)
     return ssh(s, " && ".join([
@@ -311,7 +312,7 @@ def install_command(s: Settings) -> Command:
         f"cd {shlex.quote(s.remote_dir)}",
         "python3 -m pip install --quiet --user --upgrade uv",
         f"uv venv --quiet --allow-existing --python {python} .venv",
-        'uv pip install --quiet --python .venv/bin/python -r requirements.txt "jax[tpu]"',
+        'uv pip install --quiet --python .venv/bin/python -e ".[tpu]"',
     ]))
 
 

@@ -1,5 +1,9 @@
 """Settings for a pytest run, inherited by the train.py subprocesses that tests start.
 
+- Each test is marked with its group, the folder it lives in: `unit` (one module, fast),
+  `parity` (against reference implementations and papers) or `integration` (train.py runs,
+  fault injection, compiled steps on fake devices); `pytest tests/parity` runs one group.
+
 - A persistent XLA compilation cache shared by every test, so the same tiny model is compiled
   once per run.
 - XLA:CPU compiles at optimization level 0: the tests' models are tiny, so this costs little run
@@ -14,7 +18,7 @@ os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])
 )
 
-import jax  # noqa: E402  (after XLA_FLAGS)
+import jax
 import pytest
 
 CACHE_DIR = os.environ.setdefault(
@@ -35,6 +39,17 @@ def workdir(tmp_path):
 
 def pytest_addoption(parser):
     parser.addoption("--fault-restarts", type=int, default=2,
-                     help="kill -9 faults injected by tests/test_reliability.py")
+                     help="kill -9 faults injected by tests/integration/test_reliability.py")
     parser.addoption("--fault-seed", type=int, default=0,
                      help="seed of the moments at which those faults are injected")
+
+
+GROUPS = ("unit", "parity", "integration")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = item.path.parent.name
+        if group not in GROUPS:
+            raise pytest.UsageError(f"{item.nodeid} is in none of tests/{{{','.join(GROUPS)}}}.")
+        item.add_marker(group)

@@ -4,25 +4,23 @@ bare convolution. Run with 32 CPU devices; prints one JSON object (read by test_
 The cases come in two parts of about equal compile time, so that two processes share the work;
 `--full` audits every case on 32 devices too (the tests audit NFNet's plain step there):
 
-    JAX_NUM_CPU_DEVICES=32 python tests/cost_cases.py convnets [--full]
-    JAX_NUM_CPU_DEVICES=32 python tests/cost_cases.py vits_and_features [--full]
+    JAX_NUM_CPU_DEVICES=32 python -m tests.cost_cases convnets [--full]
+    JAX_NUM_CPU_DEVICES=32 python -m tests.cost_cases vits_and_features [--full]
 """
 
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import hlo_cost, step_cost
+from configs import quickstart
 
-from benchmarks import hlo_cost, step_cost  # noqa: E402
-from configs import quickstart  # noqa: E402
-
-BATCH, RESOLUTION = 64, 64  # 64 px: padding taps, which macs.py counts and XLA skips, are few
+# 64 px: padding taps, which modeling/macs.py counts and XLA skips, are few
+BATCH, RESOLUTION = 64, 64
 SMALL_CONVNEXT = dict(depths=(1, 1, 1, 1), widths=(32, 64, 128, 256), drop_path_rate=0.1)
 SMALL_RESNET = dict(depths=(1, 1, 1, 1), widths=(32, 64, 128, 256), stem_width=16,
                     drop_path_rate=0.1)
@@ -37,7 +35,9 @@ FEATURES = {  # name: config changes, applied to NFNet (grouped convs: the hard 
     "accumulation": {"grad_accum_steps": 2},
     "sam_per_replica": {"sam.rho": 0.05, "sam.ascent_fraction": 0.25},  # num_groups = N
     "sam_global": {"sam.rho": 0.05, "sam.num_groups": 1, "sam.ascent_fraction": 1.0},
-    "mixup_cutmix": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+    # With PCA lighting, as in Xiao et al.'s ViT recipe: the offsets enter the step per example.
+    "mixup_cutmix_lighting": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0,
+                              "data.pca_lighting_std": 0.1},
 }
 # The NFNet reference's mixing, each trained example mixing two read: the step trains on half
 # the batch. Audited in the convnets part, which has fewer cases.

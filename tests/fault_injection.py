@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metric_logging import WALL_CLOCK_FIELDS
+from training.metric_logging import WALL_CLOCK_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL_DEVICES = 8

@@ -2,25 +2,19 @@
 process (run with 8 CPU devices). Prints one JSON line: per case, the largest relative
 difference of the metrics and of the new params and BatchNorm statistics between the meshes.
 
-    JAX_NUM_CPU_DEVICES=8 python tests/mesh_agreement.py
+    JAX_NUM_CPU_DEVICES=8 python -m tests.mesh_agreement
 """
 
 import json
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import optim  # noqa: E402
-import sharding  # noqa: E402
-import steps  # noqa: E402
-import train  # noqa: E402
-from benchmarks.train_throughput_benchmark import abstract_train_state  # noqa: E402
-from configs import quickstart  # noqa: E402
+import train
+from benchmarks.train_throughput_benchmark import abstract_train_state
+from configs import quickstart
+from training import optim, sharding, steps
 
 RESNET = dict(depths=(1, 1, 1, 1), widths=(16, 32, 32, 32), stem_width=8, drop_path_rate=0.2)
 # Stage 1 scanned: stacked BatchNorm statistics under FSDP.

@@ -1,7 +1,7 @@
 """Vision Transformers with patchify or convolutional stems (Dosovitskiy et al. 2021;
 Xiao et al. 2021) at the big_vision sizes (Zhai et al. 2022), in Flax.
 
-MACs follow the project convention (reference-numbers.md): one per multiply-accumulate of a
+MACs follow the project convention (docs/reference-numbers.md): one per multiply-accumulate of a
 convolution or matrix product, attention's two batched matmuls included, bias adds, norms and
 activations not counted (timm's convention). pycls, and so Xiao et al.'s Table 1, count
 "flops" as these MACs plus one per bias add, about 0.1% more.

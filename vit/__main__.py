@@ -9,7 +9,7 @@ MACs exclude bias adds (see the package docstring); pycls's "flops" add them.
 
 import argparse
 
-from macs import count_params, model_macs
+from modeling.macs import count_params, model_macs
 from vit.model import abstract_params
 from vit.variants import SIZES, VARIANTS, canonical_name, create
 

@@ -29,10 +29,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from modeling.weight_import import Rule, import_tree
 from vit.model import ViT, abstract_params, stack_blocks
 from vit.posemb import fit_checkpoint_grid
 from vit.variants import canonical_name, create
-from weight_import import Rule, import_tree
 
 _NORM = ("scale", "bias")
 _DENSE = ("kernel", "bias")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-import block_stack
+from modeling import block_stack
 from vit.layers import (
     ACTIVATIONS,
     ATTENTION_IMPLEMENTATIONS,

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from modeling.weight_import import Rule, conv_kernel, import_tree
 from vit.model import ViT, abstract_variables, stack_blocks
 from vit.posemb import fit_checkpoint_grid
 from vit.timm_import import _attention, _dense, _norm
 from vit.variants import canonical_name, create
-from weight_import import Rule, conv_kernel, import_tree
 
 _PARAMS = ("params",)
 

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from modeling.weight_import import Rule, import_tree, linear_kernel
 from vit.model import ViT, abstract_params, stack_blocks
 from vit.posemb import fit_checkpoint_grid
 from vit.variants import canonical_name, create
-from weight_import import Rule, import_tree, linear_kernel
 
 
 def _split_heads(num_heads: int, part: int, parts: int):

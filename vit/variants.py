@@ -16,7 +16,7 @@ import re
 
 from flax import linen as nn
 
-import models
+from modeling import registry
 from vit.model import ViT
 
 # big_vision `decode_variant` (Zhai et al. 2022, Table 2): width, depth, MLP dim, heads.
@@ -175,4 +175,4 @@ def create(variant: str, num_classes: int = 1000, **overrides) -> nn.Module:
     `remat=True`, `stochastic_depth=0.1`, `dtype=jnp.bfloat16`, `**BIG_VISION_NUMERICS`.
     """
     entry = VARIANTS[canonical_name(variant)]
-    return models.build(ViT, entry, RECIPE_FIELDS, num_classes, overrides, "ViT")
+    return registry.build(ViT, entry, RECIPE_FIELDS, num_classes, overrides, "ViT")

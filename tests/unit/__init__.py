@@ -1,0 +1,1 @@
+"""Fast checks of one module each: models, pipeline pieces, optimizers, scaling fits, tools."""

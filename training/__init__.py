@@ -1,0 +1,13 @@
+"""The training step and loop's parts, shared by every model family (train.py assembles them).
+
+steps           train state, the train and eval steps, jitted per config
+optim           SGD + Nesterov + AGC, AdamW, decay masks, layer-wise lr decay, schedules, EMA
+sam             sharpness-aware minimization as a transformation of the gradient function
+mixing          MixUp / CutMix on the device
+data_parallel   the step's model computation per device (shard_map) and per example (vmap)
+sharding        the mesh and the shape-based sharding rules (data x FSDP)
+checkpoint      orbax checkpoints with checksums, run identity, restore verdicts, preemption
+metric_logging  metrics.jsonl (parts on object stores), TensorBoard, console progress
+distributed     multi-process start-up: launcher detection, jax.distributed, its errors
+finetune        initialisation from pre-trained weights (this codebase, timm, big_vision, DeepMind)
+"""
