@@ -34,14 +34,13 @@ shapes only, nothing allocated, on fake CPU devices or real ones, and reports pe
   gradients (over all devices) and the shards' (over 'data'); small arrays aside, nothing else,
   and nothing classed 'activation'.
 - A roofline estimate on a named accelerator (modeling/hardware.py): step time = max(FLOPs / peak
-FLOP/s,
-  bytes accessed / HBM bandwidth) + bytes each device sends in collectives / its share of the
-  chip's one-way interconnect bandwidth (half the two-way ICI or NVLink figure). Bytes sent
+  FLOP/s, bytes accessed / HBM bandwidth) + bytes each device sends in collectives / its share of
+  the chip's one-way interconnect bandwidth (half the two-way ICI or NVLink figure). Bytes sent
   follow ring algorithms over a group of n devices: all-reduce 2 (n - 1) / n of the array,
   all-gather and reduce-scatter (n - 1) / n of the whole array, all-to-all (n - 1) / n,
-  collective-permute all of it. Compute and memory traffic overlap perfectly and collectives
-  not at all; every link is used at its peak. MFU = model FLOPs per device (6 x MACs per example
-  x batch / N, as train.py) / (step time x peak).
+  collective-permute all of it. Compute and memory traffic overlap perfectly and collectives not at
+  all; every link is used at its peak. MFU = model FLOPs per device (6 x MACs per example x batch /
+  N, as train.py) / (step time x peak).
 
 On fake CPU devices the SPMD partitioning, hence the collectives, is the one any backend gets
 from the same shardings; fusion, layouts and so bytes accessed and temporaries are XLA:CPU's.

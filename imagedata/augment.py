@@ -39,8 +39,8 @@ class TrainPreprocessing:
     flip: bool = True
     randaugment: tuple[int, float] | None = None  # (layers, magnitude), the NFNet op set
     # timm's RandAugment policy string, e.g. "rand-m9-mstd0.5-inc1" (ConvNeXt), or
-    # "pycls-autoaugment" (pycls's AutoAugment, Xiao et al.'s ViTs; imagedata/autoaugment.py); "" is
-    # off.
+    # "pycls-autoaugment" (pycls's AutoAugment, Xiao et al.'s ViTs; imagedata/autoaugment.py);
+    # "" is off.
     auto_augment: str = ""
     random_erasing: float = 0.0  # Probability of erasing one rectangle.
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # Of pixel / 255, for erasing fill.
