@@ -299,11 +299,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
 
     # Model, optimizer and the sharded train state, created directly in its sharding.
     model = create_model(config)
-    peak_lr = optim.scaled_learning_rate(config.optimizer, config.global_batch_size)
-    schedule = optim.learning_rate_schedule(
-        peak_lr, total_steps, warmup_steps, config.optimizer.schedule,
+    schedule = optim.config_schedule(
+        config.optimizer, config.global_batch_size, total_steps, warmup_steps,
         steps_per_epoch=Fraction(num_train, config.global_batch_size),
-        **optim.schedule_options(config.optimizer),
     )
     optimizer = optim.create_optimizer(config.optimizer, schedule)
     image_shape = (config.data.train_resolution, config.data.train_resolution, 3)

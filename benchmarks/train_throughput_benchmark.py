@@ -180,11 +180,9 @@ class OurStep:
 def make_optimizer(config, batch: int, total_steps: int = 10_000):
     """train.py's schedule and optimizer for a run of `total_steps` at `batch`, its epochs
     `config.total_epochs` long (per-epoch schedules such as pycls's need their length)."""
-    peak_lr = optim.scaled_learning_rate(config.optimizer, batch)
-    schedule = optim.learning_rate_schedule(
-        peak_lr, total_steps, total_steps // 10, config.optimizer.schedule,
+    schedule = optim.config_schedule(
+        config.optimizer, batch, total_steps, total_steps // 10,
         steps_per_epoch=Fraction(total_steps) / Fraction(config.total_epochs).limit_denominator(),
-        **optim.schedule_options(config.optimizer),
     )
     return optim.create_optimizer(config.optimizer, schedule), schedule
 

@@ -186,6 +186,20 @@ def schedule_options(optimizer: ml_collections.ConfigDict) -> dict:
     )
 
 
+def config_schedule(
+    optimizer: ml_collections.ConfigDict,
+    global_batch_size: int,
+    total_steps: int,
+    warmup_steps: int,
+    steps_per_epoch: Fraction,
+) -> optax.Schedule:
+    """The lr schedule `config.optimizer` names, its peak scaled to `global_batch_size`."""
+    return learning_rate_schedule(
+        scaled_learning_rate(optimizer, global_batch_size), total_steps, warmup_steps,
+        optimizer.schedule, steps_per_epoch=steps_per_epoch, **schedule_options(optimizer),
+    )
+
+
 def scaled_learning_rate(config: ml_collections.ConfigDict, global_batch_size: int) -> float:
     """The linear scaling rule: lr = learning_rate * batch / reference_batch_size
     (NFNet: 0.1 * batch / 256, i.e. 1.6 at batch 4096; Goyal et al. 2017)."""
