@@ -451,12 +451,10 @@ def create_train_iterator(
         return dict(slot=slots, record=records, index=records)
 
     train = train_preprocessing(data_config)
-    key = tf.constant([seed, _AUGMENT_SALT], tf.int64)
+    augment_seed = slot_seeds(seed, _AUGMENT_SALT)
 
     def preprocess(image, slot):
-        return augment.train_image(
-            image, tf.random.experimental.stateless_fold_in(key, slot), train
-        )
+        return augment.train_image(image, augment_seed(slot), train)
 
     plan = _Plan(
         source=source,
@@ -472,14 +470,19 @@ def create_train_iterator(
     return _iterate(plan, start_step)
 
 
+def slot_seeds(seed: int, salt: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Slot -> the stateless seed of (seed, slot) in the random stream named by `salt`."""
+    key = tf.constant([seed, salt], tf.int64)
+    return lambda slot: tf.random.experimental.stateless_fold_in(key, slot)
+
+
 def lighting_extras(std: float, seed: int) -> Callable[[tf.Tensor], dict] | None:
     """Slot -> {'lighting': its (3,) PCA lighting offset} (imagedata/lighting.py), drawn from the
     stateless seed of (seed, slot) in a stream of its own; None when `std` is 0."""
     if not std:
         return None
-    key = tf.constant([seed, _LIGHTING_SALT], tf.int64)
-    return lambda slot: {"lighting": lighting.lighting_offset(
-        tf.random.experimental.stateless_fold_in(key, slot), std)}
+    lighting_seed = slot_seeds(seed, _LIGHTING_SALT)
+    return lambda slot: {"lighting": lighting.lighting_offset(lighting_seed(slot), std)}
 
 
 # Host memory the preprocessed eval batches may take to be kept between evaluations (per
