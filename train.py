@@ -3,6 +3,7 @@ r"""Trains any model of this codebase; the same command resumes from the workdir
     python train.py --config=configs/nfnet_f7plus.py:epochs=8,lr=1.6 --workdir=DIR
     python train.py --config=configs/quickstart.py --workdir=/tmp/quickstart --config.seed=1
     python train.py --config=configs/nfnet_f0.py:imagenet --workdir=DIR --dry_run
+    python train.py --config=configs/nfnet_f7plus.py:epochs=8 --dry_run --topology=v4-256
 
 Writes DIR/config.json, DIR/metrics.jsonl (one JSON object per logged step), TensorBoard
 summaries and DIR/checkpoints/. One code path for one CPU, a GPU box, a TPU host or a
@@ -24,15 +25,32 @@ from etils import epath
 from ml_collections import config_flags
 
 import input_pipeline
-from imagedata import data_sources
+from imagedata import data_config, data_sources
 from modeling import hardware, macs, registry
-from training import checkpoint, distributed, finetune, mixing, optim, sam, sharding, steps
+from training import (
+    checkpoint,
+    compiled_cost,
+    distributed,
+    finetune,
+    fsdp,
+    mixing,
+    optim,
+    sam,
+    sharding,
+    steps,
+    tpu_slices,
+)
 from training.metric_logging import ExampleIndexLog, MetricsLog
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:argument].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Build everything, print sizes, shardings and step count, then exit."
+)
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "With --dry_run: compile the train and eval steps for this TPU slice "
+    "(v4-256, v5p-128, v5litepod-64, v6e-64 or a shape such as v4:4x4x8) with libtpu, here, "
+    "and print whether they fit its HBM, the predicted step time and core-hours."
 )
 
 
@@ -67,6 +85,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh) -> None:
     need(config.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive.")
     try:
         optim.check_schedule(config.optimizer.schedule, **optim.schedule_options(config.optimizer))
+        fsdp.check_gather_dtype(steps.fsdp_gather_dtype(config))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     need(
@@ -159,7 +178,12 @@ def open_data(config, dry_run: bool = False):
     if dry_run and num_train > 0 and data.num_classes > 0:
         return None, None, num_train
     try:
-        train_source = data_sources.open_source(data, data.train_split)
+        try:
+            train_source = data_sources.open_source(data, data.train_split)
+        except (ValueError, OSError) as error:
+            if dry_run:  # Only shapes are needed: the published size will do.
+                return None, None, published_train_size(config, error)
+            raise
         data.num_classes = input_pipeline.resolve_num_classes(data, data.train_split, train_source)
         eval_source = None
         if not dry_run:  # Fail now rather than at the first evaluation.
@@ -169,6 +193,23 @@ def open_data(config, dry_run: bool = False):
     except (ValueError, OSError) as error:
         raise ConfigError(str(error)) from None
     return train_source, eval_source, num_train if num_train > 0 else len(train_source)
+
+
+def published_train_size(config, error: Exception) -> int:
+    """A dry run's training-set size when the data is not here: config.num_train_examples, else
+    the dataset's published size (data_config.PUBLISHED_TRAIN_EXAMPLES), said on the console."""
+    data = config.data
+    size = config.num_train_examples
+    if size <= 0:
+        size = data_config.PUBLISHED_TRAIN_EXAMPLES.get(data.name, 0)
+    if size <= 0 or data.num_classes <= 0:
+        raise ConfigError(
+            f"{error} A dry run needs only the data's size: set --config.num_train_examples "
+            "and --config.data.num_classes to run it without the data.")
+    print(f"data             {data.name} is not readable here; the dry run assumes {size:,} "
+          f"training examples and {data.num_classes:,} classes (set "
+          "--config.num_train_examples to change)")
+    return size
 
 
 def check_same_classes(data, train_source, eval_source) -> None:
@@ -224,6 +265,31 @@ def abstract_batch(batch_size: int, resolution: int, flag: str, batch_sharding,
         batch["lighting"] = spec((batch_size, 3), jnp.float32)
     return batch
 
+
+def compile_steps(config, model, optimizer, schedule, mesh, state, state_sharding):
+    """(train step, eval step), jitted with their shardings and donation and compiled for the
+    state (arrays or shapes) and the config's batches: what the loop runs, and what a dry run
+    compiles for a TPU slice."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
+    eval_step = jax.jit(
+        steps.make_eval_step(model, steps.normalizer(config), mesh=mesh,
+                             param_shardings=state_sharding.params,
+                             fsdp_gather_dtype=steps.fsdp_gather_dtype(config)),
+        in_shardings=(state_sharding.params, state_sharding.batch_stats, batch_sharding),
+        out_shardings=sharding.replicated(mesh),
+    )
+    train_step = train_step.lower(
+        state, abstract_batch(config.global_batch_size, config.data.train_resolution,
+                              "replaced", batch_sharding,
+                              lighting=config.data.pca_lighting_std > 0),
+    ).compile()
+    eval_step = eval_step.lower(
+        state.params, state.batch_stats,
+        abstract_batch(config.eval_batch_size, config.data.eval_resolution, "mask",
+                       batch_sharding),
+    ).compile()
+    return train_step, eval_step
 
 
 def eval_sums(eval_step, params, batch_stats, eval_batches, batch_sharding) -> dict:
@@ -283,13 +349,27 @@ def check_workdir_writable(workdir: str) -> None:
         )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False):
-    distributed.maybe_initialize()
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False,
+                       topology: str | None = None):
+    """Trains (or with `dry_run`, builds and describes) the run; `topology`: a TPU slice that a
+    dry run compiles the steps for, ahead of time (training/tpu_slices.py)."""
+    if topology and not dry_run:
+        raise ConfigError("--topology compiles for a TPU slice without running; add --dry_run.")
+    tpu_slice = devices = None
+    if topology:
+        try:
+            tpu_slice = tpu_slices.parse_slice(topology)
+            devices = tpu_slices.slice_devices(tpu_slice)
+        except tpu_slices.SliceError as error:
+            raise ConfigError(str(error)) from None
+    else:
+        distributed.maybe_initialize()
     enable_compilation_cache(config, workdir)
     try:
-        mesh = sharding.create_mesh(dict(config.mesh))
+        mesh = sharding.create_mesh(dict(config.mesh), devices)
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        where = f" ({tpu_slice.chips} chips of {topology})" if topology else ""
+        raise ConfigError(f"{error}{where}") from None
     validate_config(config, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
 
@@ -310,7 +390,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
     )
     init_key = jax.random.key(config.seed)
     abstract_state = jax.eval_shape(init, init_key)
-    state_sharding = sharding.tree_shardings(abstract_state, mesh, config.fsdp_min_shard_size)
+    try:  # A parameter that the fsdp size cannot shard: one sentence naming it.
+        state_sharding = sharding.tree_shardings(abstract_state, mesh,
+                                                 config.fsdp_min_shard_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     num_params = macs.count_params(abstract_state.params)
     macs_per_example = macs.model_macs(model, config.data.train_resolution)
 
@@ -319,7 +403,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                       macs_per_example, total_steps, warmup_steps, num_train)
         if config.init.path:  # Not read by a dry run; it may not exist yet.
             print(f"init             from {config.init.path} (not read by --dry_run)")
-        return None
+        if tpu_slice is None:
+            return None
+        compile_start = time.perf_counter()
+        try:
+            with jax.set_mesh(mesh):
+                compiled = compile_steps(config, model, optimizer, schedule, mesh,
+                                         sharding.with_shardings(abstract_state, state_sharding),
+                                         state_sharding)
+        except jax.errors.JaxRuntimeError as error:  # The compiler's "does not fit" included.
+            compiled = error
+        report = slice_report(config, model, tpu_slice, mesh, abstract_state, state_sharding,
+                              compiled, total_steps, time.perf_counter() - compile_start)
+        print_slice_report(report)
+        return report
 
     if "://" not in workdir:  # Local path (orbax needs it absolute); gs://... kept as is.
         workdir = os.path.abspath(workdir)
@@ -347,27 +444,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dry_run:
                     raise ConfigError(str(error)) from None
         start_step = int(state.step)
 
-        train_step = steps.jit_train_step(config, model, optimizer, schedule, mesh, state_sharding)
-        eval_step = jax.jit(
-            steps.make_eval_step(model, steps.normalizer(config), mesh=mesh,
-                                 param_shardings=state_sharding.params),
-            in_shardings=(state_sharding.params, state_sharding.batch_stats, batch_sharding),
-            out_shardings=sharding.replicated(mesh),
-        )
         # Compiled ahead of the loop, so that every process enters it together: a process
         # that compiles much longer than another would otherwise time out the other's first
         # collective (on CPU, gloo waits 30 s). Pods recompile on every restart; say how long.
         compile_start = time.perf_counter()
-        train_step = train_step.lower(
-            state, abstract_batch(config.global_batch_size, config.data.train_resolution,
-                                  "replaced", batch_sharding,
-                                  lighting=config.data.pca_lighting_std > 0),
-        ).compile()
-        eval_step = eval_step.lower(
-            state.params, state.batch_stats,
-            abstract_batch(config.eval_batch_size, config.data.eval_resolution, "mask",
-                           batch_sharding),
-        ).compile()
+        train_step, eval_step = compile_steps(config, model, optimizer, schedule, mesh, state,
+                                              state_sharding)
         distributed.wait_for_all_processes("train and eval steps compiled")
         compile_seconds = time.perf_counter() - compile_start
 
@@ -527,15 +609,16 @@ def check_finite(counters: dict, policy: str) -> None:
         )
 
 
+def per_device_bytes(tree, shardings) -> int:
+    """Bytes of one device's shards of `tree` (abstract arrays) under `shardings`."""
+    total = 0
+    for leaf, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
+        total += int(np.prod(s.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+    return total
+
+
 def print_dry_run(config, mesh, abstract_state, state_sharding, num_params, macs_per_example,
                   total_steps, warmup_steps, num_train) -> None:
-    def per_device_bytes(tree, shardings) -> int:
-        total = 0
-        for leaf, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
-            shard = s.shard_shape(leaf.shape)
-            total += int(np.prod(shard)) * leaf.dtype.itemsize
-        return total
-
     print(f"model            {config.model.name}")
     print(f"parameters       {num_params:,}")
     print(f"MACs / example   {macs_per_example / 1e9:.3f} G at {config.data.train_resolution} px")
@@ -553,6 +636,73 @@ def print_dry_run(config, mesh, abstract_state, state_sharding, num_params, macs
         print("  " + line)
 
 
+def slice_report(config, model, tpu_slice, mesh, abstract_state, state_sharding, compiled,
+                 total_steps, compile_s) -> compiled_cost.SliceReport:
+    """The dry run's answer for a TPU slice, from the steps compiled for it, or from the TPU
+    compiler's refusal (`compiled`, an error) when the train step does not fit."""
+    acc = hardware.accelerator(tpu_slice.accelerator)
+    devices = mesh.devices.size
+    layout = compiled_cost.Layout(
+        batch_per_device=config.global_batch_size // devices,
+        grad_accum_steps=config.grad_accum_steps, fsdp=mesh.shape["fsdp"], devices=devices,
+        remat_policy=getattr(model, "remat_policy", None) if getattr(model, "remat", False)
+        else None,
+    )
+    if isinstance(compiled, Exception):
+        return refused_report(config, tpu_slice, mesh, abstract_state, state_sharding, compiled,
+                              layout, total_steps, compile_s)
+    train_macs = macs.model_macs(model, config.data.train_resolution)
+    eval_macs = macs.model_macs(model, config.data.eval_resolution)
+    analyze = lambda step, model_flops: compiled_cost.analyze(
+        step, acc, devices, model_flops, abstract_state.params, state_sharding.params)
+    train = analyze(compiled[0], 6 * train_macs * trained_per_step(config) / devices)
+    evaluation = analyze(compiled[1], 2 * eval_macs * config.eval_batch_size / devices)
+    return compiled_cost.SliceReport(
+        model=config.model.name, params=macs.count_params(abstract_state.params),
+        global_batch=config.global_batch_size, trained_per_step=trained_per_step(config),
+        resolution=config.data.train_resolution, slice_name=tpu_slice.name,
+        topology=tpu_slice.topology, chips=tpu_slice.chips, mesh=dict(mesh.shape),
+        accelerator=acc.name, total_steps=total_steps, compile_s=compile_s, train=train,
+        evaluation=evaluation,
+        verdict=compiled_cost.verdict(train.memory, evaluation.memory,
+                                      compiled_cost.usable_hbm(acc), layout),
+        core_hours=(compiled_cost.core_hours(train.step_s, total_steps, tpu_slice.chips, acc)
+                    if train.step_s else None),
+        train_hlo=compiled[0].as_text(),
+    )
+
+
+def refused_report(config, tpu_slice, mesh, abstract_state, state_sharding, error, layout,
+                   total_steps, compile_s) -> compiled_cost.SliceReport:
+    """The report of a train step that the TPU compiler refused as too large for the chip's HBM;
+    any other compile error is raised."""
+    oom = compiled_cost.compile_oom(str(error))
+    if oom is None:
+        raise error
+    temporaries, available = oom
+    state = per_device_bytes(abstract_state, state_sharding)
+    train = compiled_cost.Memory(arguments=state, outputs=0, aliased=0, temporaries=temporaries,
+                                 code=0)
+    verdict = compiled_cost.Verdict(False, train.total, available,
+                                    compiled_cost.suggestion(train, train.total, available,
+                                                             layout))
+    return compiled_cost.SliceReport(
+        model=config.model.name, params=macs.count_params(abstract_state.params),
+        global_batch=config.global_batch_size, trained_per_step=trained_per_step(config),
+        resolution=config.data.train_resolution, slice_name=tpu_slice.name,
+        topology=tpu_slice.topology, chips=tpu_slice.chips, mesh=dict(mesh.shape),
+        accelerator=hardware.accelerator(tpu_slice.accelerator).name, total_steps=total_steps,
+        compile_s=compile_s, train=None, evaluation=None, verdict=verdict, core_hours=None,
+        refused=f"its temporaries alone need {temporaries / 2**30:.2f} GiB of the chip's "
+        f"{available / 2**30:.2f} GiB",
+    )
+
+
+def print_slice_report(report: compiled_cost.SliceReport) -> None:
+    for line in compiled_cost.format_verdict(report):
+        print(line)
+
+
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Keep library INFO logs off the console.
@@ -561,8 +711,11 @@ def main(argv) -> None:
         raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py.")
     if not _DRY_RUN.value and not _WORKDIR.value:
         raise app.UsageError("--workdir is required (it also resumes a run).")
+    if _TOPOLOGY.value:
+        jax.config.update("jax_platforms", "cpu")  # Compile for the slice; run nothing.
     try:
-        train_and_evaluate(config, _WORKDIR.value, dry_run=_DRY_RUN.value)
+        train_and_evaluate(config, _WORKDIR.value, dry_run=_DRY_RUN.value,
+                           topology=_TOPOLOGY.value)
     except (ConfigError, checkpoint.RunMismatchError, checkpoint.CheckpointSaveError,
             checkpoint.CheckpointRestoreError, FloatingPointError,
             input_pipeline.CorruptRecordError, distributed.StartupError) as error:

@@ -23,6 +23,7 @@ Use the same model, batch and resolution flags as train_throughput_benchmark.py.
 
 import argparse
 import collections
+import dataclasses
 import gzip
 import json
 import math
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import jax
 from jax.extend import core as jex_core
+from jax.extend import source_info_util
 
 from benchmarks.train_throughput_benchmark import TARGETS, build_ours
 from modeling import macs
@@ -75,10 +77,8 @@ def _sub_jaxprs(eqn):
 def _where(eqn) -> str:
     """The user source line of an equation (jax's summary), else its name stack."""
     try:
-        from jax._src import source_info_util
-
         return source_info_util.summarize(eqn.source_info)
-    except Exception:  # A private helper: fall back to the public name stack.
+    except Exception:  # No user frame: the name stack.
         return str(eqn.source_info.name_stack)
 
 
@@ -117,13 +117,33 @@ def conversion_summary(jaxpr, batch: int, top: int) -> list[str]:
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> its HLO line (shortened), from the optimized HLO text."""
+    """Instruction name -> its HLO text after ' = ', from the optimized HLO text."""
     found = {}
     for line in hlo_text.splitlines():
         match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)", line)
         if match:
-            found[match[1]] = match[2][:110]
+            found[match[1]] = match[2]
     return found
+
+
+# Ops that only run other computations: their time is their callees' time, counted there.
+_CONTAINERS = ("conditional", "while", "call")
+
+
+def op_kind(hlo: str) -> str:
+    """What an instruction is: 'fusion kLoop', 'fusion kCustom __triton_gemm' (the backend's
+    fusion kind), 'custom-call __cudnn$convForward', or its opcode ('copy', 'convolution')."""
+    opcode = re.search(r"(?<![\w\-])([a-z][a-z0-9\-]*)\(", hlo)
+    if opcode is None:
+        return "unknown"
+    if opcode[1] == "fusion":
+        kind = re.search(r"\bkind=(\w+)", hlo)
+        backend = re.search(r'"kind":"([^"]+)"', hlo)
+        return " ".join(["fusion", *(m[1] for m in (kind, backend) if m)])
+    if opcode[1] == "custom-call":
+        target = re.search(r'custom_call_target="([^"]+)"', hlo)
+        return f"custom-call {target[1]}" if target else "custom-call"
+    return opcode[1]
 
 
 def load_trace_events(out: Path) -> list[dict]:
@@ -136,37 +156,56 @@ def load_trace_events(out: Path) -> list[dict]:
 
 
 def op_times(events: list[dict], instructions: dict[str, str]) -> collections.Counter:
-    """Total microseconds per XLA op: trace events named after an instruction of the step, on
-    the device's tracks where the trace has any (GPU/TPU), else on the host's (CPU). Where no
-    device event carries an instruction's name, the device's events (kernels) by name instead,
-    the step's module-level events left out."""
+    """Total microseconds per XLA op, on the device's tracks where the trace has any (GPU/TPU),
+    else on the host's (CPU): events named after an instruction of the step; else kernels
+    whose `hlo_op` argument names one (GPU traces), summed per instruction; else the device's
+    events (kernels) by name, the step's module-level events left out. Ops that only call
+    other computations (conditional, while) are left out: their callees are counted."""
     names = {e["pid"]: e["args"].get("name", "") for e in events
              if e.get("ph") == "M" and e.get("name") == "process_name"}
-    device_pids = {pid for pid, name in names.items() if "/device:" in name}
-    ops, kernels = collections.Counter(), collections.Counter()
+    device_pids = {pid for pid, name in names.items()  # Not libtpu's '/device:CUSTOM:...'.
+                   if "/device:" in name and "/device:CUSTOM" not in name}
+    ops = {n: hlo for n, hlo in instructions.items() if op_kind(hlo) not in _CONTAINERS}
+    by_name, by_hlo_op, kernels = (collections.Counter() for _ in range(3))
     for e in events:
         if e.get("ph") != "X" or (device_pids and e.get("pid") not in device_pids):
             continue
         name, micros = e.get("name", ""), float(e.get("dur", 0.0))
-        if name in instructions:
-            ops[name] += micros
-        elif device_pids and not name.startswith("jit_"):
+        hlo_op = (e.get("args") or {}).get("hlo_op")
+        if name in ops:
+            by_name[name] += micros
+        elif hlo_op in ops:
+            by_hlo_op[hlo_op] += micros
+        elif device_pids and not name.startswith("jit_") and name not in instructions:
             kernels[name] += micros
-    return ops or kernels
+    return by_name or by_hlo_op or kernels
 
 
-def top_ops_summary(out: Path, hlo_text: str, steps: int, top: int) -> list[str]:
+def top_ops(out: Path, hlo_text: str, steps: int, top: int) -> tuple[list[dict], float]:
+    """(the ops that took the most time in the trace under `out`, each with its name,
+    milliseconds per step, share of all op time, kind (`op_kind`) and HLO text (shortened);
+    milliseconds of op time per step)."""
     instructions = hlo_instructions(hlo_text)
     totals = op_times(load_trace_events(out), instructions)
-    if not totals:
-        return ["no per-op events in the trace: open it in TensorBoard or Perfetto"]
     whole = sum(totals.values())
-    lines = [f"top ops by time over {steps} step(s) ({whole / 1e3 / steps:.2f} ms of op time "
-             "per step, summed over threads and streams):"]
+    rows = []
     for name, micros in totals.most_common(top):
-        hlo = instructions.get(name, "(a device kernel; no HLO instruction of this name)")
-        lines.append(f"  {micros / 1e3 / steps:9.3f} ms {100 * micros / whole:5.1f}%  {name}: "
-                     f"{hlo}")
+        hlo = instructions.get(name)
+        rows.append(dict(name=name, ms_per_step=micros / 1e3 / steps, share=micros / whole,
+                         kind=op_kind(hlo) if hlo else "kernel",
+                         hlo=hlo[:160] if hlo else None))
+    return rows, whole / 1e3 / steps
+
+
+def top_ops_summary(ops: list[dict], op_ms_per_step: float, steps: int) -> list[str]:
+    if not ops:
+        return ["no per-op events in the trace: open it in TensorBoard or Perfetto"]
+    lines = [f"top ops by time over {steps} step(s) ({op_ms_per_step:.2f} ms of op time "
+             "per step, summed over threads and streams):"]
+    for op in ops:
+        hlo = op["hlo"] or "(a device kernel; no HLO instruction of this name)"
+        lines.append(f"  {op['ms_per_step']:9.3f} ms {100 * op['share']:5.1f}%  {op['name']} "
+                     f"[{op['kind']}]: {hlo[:110]}")
     return lines
 
 
@@ -190,9 +229,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def profile(ours, out: Path, steps: int, warmup: int, top: int) -> list[str]:
+@dataclasses.dataclass
+class Profile:
+    lines: list[str]  # the printed report
+    top_ops: list[dict]  # top_ops' rows
+    op_ms_per_step: float  # all ops' time per step (summed over threads and streams)
+    out: Path  # trace and HLO
+
+
+def profile_report(ours, out: Path, steps: int, warmup: int, top: int) -> Profile:
     """Compiles `ours` (a train_throughput_benchmark.OurStep) ahead of time, writes its HLO,
-    traces `steps` steps after `warmup` into `out`, and returns the report's lines."""
+    traces `steps` steps after `warmup` into `out`, and returns the report."""
     with jax.set_mesh(ours.mesh):
         traced = ours.jitted.trace(ours.state, ours.batch)
         lowered = traced.lower()
@@ -212,11 +259,17 @@ def profile(ours, out: Path, steps: int, warmup: int, top: int) -> list[str]:
             state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
     ours.state = state  # The old state was donated.
-    lines += top_ops_summary(out, compiled.as_text(), steps, top)
+    ops, op_ms_per_step = top_ops(out, compiled.as_text(), steps, top)
+    lines += top_ops_summary(ops, op_ms_per_step, steps)
     lines.append(f"trace and HLO in {out}: tensorboard --logdir {out} "
                  "(tensorboard-plugin-profile), or perfetto_trace.json.gz in "
                  "https://ui.perfetto.dev")
-    return lines
+    return Profile(lines, ops, op_ms_per_step, out)
+
+
+def profile(ours, out: Path, steps: int, warmup: int, top: int) -> list[str]:
+    """profile_report's printed lines."""
+    return profile_report(ours, out, steps, warmup, top).lines
 
 
 def main(argv=None) -> None:

@@ -30,9 +30,10 @@ shapes only, nothing allocated, on fake CPU devices or real ones, and reports pe
   (a per example, c per step: optimizer, weight standardization); on N devices of which F along
   'fsdp' the ideal per device is a B / N + c / F. Collectives: pure data parallelism reduces the
   gradients once (one all-reduce of the parameter bytes); FSDP all-gathers the sharded
-  parameters once, reduce-scatters their gradients, all-reduces the replicated parameters'
-  gradients (over all devices) and the shards' (over 'data'); small arrays aside, nothing else,
-  and nothing classed 'activation'.
+  parameters twice (per layer, in the forward pass and again in the backward pass, which keeps
+  no gathered layer: training/fsdp.py), reduce-scatters their gradients, all-reduces the
+  replicated parameters' gradients (over all devices) and the shards' (over 'data'); small
+  arrays aside, nothing else, and nothing classed 'activation'.
 - A roofline estimate on a named accelerator (modeling/hardware.py): step time = max(FLOPs / peak
   FLOP/s, bytes accessed / HBM bandwidth) + bytes each device sends in collectives / its share of
   the chip's one-way interconnect bandwidth (half the two-way ICI or NVLink figure). Bytes sent
@@ -74,13 +75,13 @@ def force_host_devices(count: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
         os.environ["JAX_PLATFORMS"] = "cpu"
         return
-    from jax._src import xla_bridge  # Imported, but are the devices made yet?
+    import jax
 
-    if not xla_bridge.backends_are_initialized():
-        import jax
-
-        jax.config.update("jax_platforms", "cpu")
+    try:  # jax refuses this setting once it has made its devices.
         jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:
+        return
+    jax.config.update("jax_platforms", "cpu")
 
 
 def _devices_flag(argv: list[str]) -> int | None:
@@ -98,7 +99,13 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import train  # noqa: E402
-from benchmarks.hlo_cost import (  # noqa: E402
+from benchmarks.train_throughput_benchmark import (  # noqa: E402
+    abstract_train_state,
+    make_optimizer,
+)
+from modeling import hardware, macs  # noqa: E402
+from training import sharding, steps  # noqa: E402
+from training.hlo_cost import (  # noqa: E402
     ACTIVATION,
     COLLECTIVES,
     PARAMETER,
@@ -111,12 +118,6 @@ from benchmarks.hlo_cost import (  # noqa: E402
     parse_hlo,
     while_loops,
 )
-from benchmarks.train_throughput_benchmark import (  # noqa: E402
-    abstract_train_state,
-    make_optimizer,
-)
-from modeling import hardware, macs  # noqa: E402
-from training import sharding, steps  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # Ideals and the roofline.
@@ -133,8 +134,9 @@ def hlo_dtype(dtype) -> str:
 
 def ideal_collectives(params, param_shardings, mesh_shape: dict) -> list[Collective]:
     """The collectives a data x FSDP step needs, per step, small arrays aside: one gradient
-    all-reduce (data parallelism), or FSDP's parameter all-gather and gradient reduce-scatter
-    plus all-reduces of the replicated parameters' gradients and, over 'data', of the shards."""
+    all-reduce (data parallelism), or FSDP's per-layer parameter all-gathers (forward and
+    backward pass) and gradient reduce-scatter plus all-reduces of the replicated parameters'
+    gradients and, over 'data', of the shards."""
     data, fsdp = mesh_shape["data"], mesh_shape["fsdp"]
     sharded = replicated = 0
     for leaf, s in zip(jax.tree.leaves(params), jax.tree.leaves(param_shardings), strict=True):
@@ -147,7 +149,8 @@ def ideal_collectives(params, param_shardings, mesh_shape: dict) -> list[Collect
     ideal = lambda kind, size, group: Collective(kind, dtype, (), size, 1, group, PARAMETER)
     collectives = [ideal("all-reduce", replicated, data * fsdp)]
     if sharded:
-        collectives += [ideal("all-gather", sharded, fsdp), ideal("reduce-scatter", sharded, fsdp),
+        collectives += [ideal("all-gather", 2 * sharded, fsdp),
+                        ideal("reduce-scatter", sharded, fsdp),
                         ideal("all-reduce", sharded // fsdp, data)]
     return [c for c in collectives if c.bytes and c.group_size > 1]
 

@@ -126,12 +126,15 @@ def build_step(spec: dict) -> tuple[Callable, Callable]:
     return step, sync
 
 
-def describe() -> str:
+def versions() -> dict:
+    """torch's and timm's versions and the device, one string ('torch') and each apart."""
     import timm
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return f"torch {torch.__version__}, timm {timm.__version__} on {device}"
+    return dict(torch=f"torch {torch.__version__}, timm {timm.__version__} on {device}",
+                torch_version=torch.__version__, timm_version=timm.__version__, device=device,
+                cuda=torch.version.cuda)
 
 
 def main(argv=None) -> None:
@@ -141,7 +144,7 @@ def main(argv=None) -> None:
     spec = json.loads(parser.parse_args(argv).spec)
     step, sync = build_step(spec)
     first, step_time = time_steps(step, sync, spec["warmup"], spec["steps"])
-    print(json.dumps({"first_step_s": first, "step_time": step_time, "torch": describe()}))
+    print(json.dumps({"first_step_s": first, "step_time": step_time, **versions()}))
 
 
 if __name__ == "__main__":

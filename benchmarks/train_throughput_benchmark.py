@@ -36,6 +36,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -276,16 +277,30 @@ def timm_spec(target: Target, batch: int, resolution: int, dtype: str, warmup: i
     )
 
 
-def measure_timm(spec: dict, python: str) -> dict:
-    """Runs timm_train_step.py in a child process; its JSON line, or {'error': message}."""
+def measure_timm(spec: dict, python: str, timeout: float | None = None,
+                 log: Path | None = None) -> dict:
+    """Runs timm_train_step.py in a child process; its JSON line, or {'error': message}. A child
+    still running after `timeout` seconds is killed with the processes it started (torch.compile's
+    workers). `log` receives the child's output."""
     # From the repository's root, so that the worker finds tests.fixtures' small models.
-    done = subprocess.run([python, "-m", "benchmarks.timm_train_step", json.dumps(spec)],
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                          text=True, check=False)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode == 0 and lines:
+    child = subprocess.Popen([python, "-m", "benchmarks.timm_train_step", json.dumps(spec)],
+                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        stderr += f"\ntimed out after {timeout:.0f} s"
+    except BaseException:  # Interrupted: the child goes too.
+        os.killpg(child.pid, signal.SIGKILL)
+        raise
+    if log is not None:
+        log.write_text(f"{stdout}\n{stderr}")
+    lines = stdout.strip().splitlines()
+    if child.returncode == 0 and lines:
         return json.loads(lines[-1])
-    message = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    message = (stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
     return {"error": message}
 
 
@@ -414,22 +429,24 @@ def slowest(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: r["ours"]["step_time"])
 
 
-def summary(rows: list[dict], args, device: str, peak: float | None) -> dict:
-    """Every figure of the run as plain JSON."""
+def summary_row(row: dict) -> dict:
+    """One model's figures as plain JSON."""
     keep = ("name", "batch", "resolution", "macs", "ours", "timm", "timm_note", "mfu_ours",
             "mfu_timm", "target_mfu")
-    out = []
-    for row in rows:
-        r = {k: row[k] for k in keep if k in row}
-        if "ours" in row:
-            r["images_per_s_ours"] = row["batch"] / row["ours"]["step_time"]
-            r["ours_over_timm"] = ratio(row)
-        if "timm" in row:
-            r["images_per_s_timm"] = row["batch"] / row["timm"]["step_time"]
-        out.append(r)
+    r = {k: row[k] for k in keep if k in row}
+    if "ours" in row:
+        r["images_per_s_ours"] = row["batch"] / row["ours"]["step_time"]
+        r["ours_over_timm"] = ratio(row)
+    if "timm" in row:
+        r["images_per_s_timm"] = row["batch"] / row["timm"]["step_time"]
+    return r
+
+
+def summary(rows: list[dict], args, device: str, peak: float | None) -> dict:
+    """Every figure of the run as plain JSON."""
     return dict(jax=jax.__version__, device=device, peak_flops=peak, dtype=args.dtype,
                 steps=args.steps, warmup=args.warmup, timm_compiled=not args.no_compile,
-                rows=out)
+                rows=[summary_row(row) for row in rows])
 
 
 def write_profile(rows: list[dict], args) -> None:

@@ -139,6 +139,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = ml_collections.FieldReference(None, field_type=float)  # None: no EMA.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices.
     c.fsdp_min_shard_size = 2**18  # Smaller tensors are replicated.
+    # FSDP gathers each layer's parameters as it runs (training/fsdp.py), in gather_dtype: None
+    # (the parameters' float32) or 'bfloat16' (half the traffic; gradients still reduced in f32).
+    c.fsdp = ml_collections.ConfigDict(
+        dict(gather_dtype=ml_collections.FieldReference(None, field_type=str))
+    )
     c.nonfinite_policy = "halt"  # NaN/Inf loss or gradient: 'halt' or 'skip' the update.
     c.log_every_steps = 100
     c.eval_every_steps = 5000  # Also evaluated at the end. <= 0: only at the end.

@@ -50,6 +50,11 @@ def vit_config(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     c = base_config()
     c.model.name = f"vit_{variant}"
     c.model.overrides.attention_implementation = "xla"  # 'cudnn': NVIDIA's fused attention
+    # The blocks' layout (vit/model.py's defaults), here so that the command line can change it:
+    # --config.model.overrides.scan=True --config.model.overrides.remat=True (ViT-G/14 & co.).
+    c.model.overrides.scan = False
+    c.model.overrides.remat = False
+    c.model.overrides.remat_policy = "nothing_saveable"
     c.data = data_config(a)
     c.total_epochs = a.epochs  # MAX_EPOCH 400
     c.optimizer.schedule = "pycls"  # LR_POLICY cos, the lr set once per epoch (trainer.py)

@@ -29,6 +29,9 @@ DATASET_PRESETS = {
     "synthetic": dict(num_classes=1000, train_split="train", eval_split="validation"),
 }
 
+# Published sizes of train splits, for a dry run without the data (train.py --dry_run).
+PUBLISHED_TRAIN_EXAMPLES = {"imagenet2012": 1_281_167}  # TFDS imagenet2012's 'train'
+
 
 def default_data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict:
     """`config.data` with documented defaults (ImageNet-style), updated by `DATASET_PRESETS`."""

@@ -69,8 +69,9 @@ ENV_VARS = (
     EnvVar("REPO_REF", "repo_ref", "HEAD", "branch, tag or commit of REPO_URL to check out"),
     EnvVar("REMOTE_DIR", "remote_dir", "convnets", "code directory on the workers (relative "
            "paths are under the home directory)"),
-    EnvVar("REMOTE_PYTHON", "remote_python", "3.11", "Python version of the workers' "
-           "virtual environment (uv downloads it if the image lacks it)"),
+    EnvVar("REMOTE_PYTHON", "remote_python", "3.12", "Python version of the workers' "
+           "virtual environment, 3.12+ as pyproject.toml requires (uv downloads it if the "
+           "image lacks it)"),
     EnvVar("WORKDIR_ROOT", "workdir_root", "", "where --workdir and --init names without a "
            "'/' live, e.g. gs://bucket/runs"),
 )
@@ -89,7 +90,7 @@ class Settings:
     repo_url: str = ""
     repo_ref: str = "HEAD"
     remote_dir: str = "convnets"
-    remote_python: str = "3.11"
+    remote_python: str = "3.12"  # pyproject.toml's requires-python, JAX's window.
     workdir_root: str = ""
     local_root: pathlib.Path = REPO_ROOT  # The checkout that is copied in copy mode.
 
@@ -305,7 +306,7 @@ def code_commands(s: Settings) -> list[Command]:
 def install_command(s: Settings) -> Command:
     """A virtual environment with the project (requirements.txt) and JAX's TPU support, on every
     worker: `pip install -e .[tpu]`, as README says for a TPU VM.
-    uv provides the Python version (jax needs 3.11+; the TPU images ship 3.10)."""
+    uv provides the Python version (the project needs 3.12+; the TPU images ship 3.10)."""
     python = shlex.quote(s.remote_python)
     return ssh(s, " && ".join([
         'export PATH="$HOME/.local/bin:$PATH"',

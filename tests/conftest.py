@@ -6,6 +6,8 @@
 
 - A persistent XLA compilation cache shared by every test, so the same tiny model is compiled
   once per run.
+- Everything runs on the CPU (JAX_PLATFORMS=cpu): libtpu, which the test extra installs for the
+  ahead-of-time TPU compiles, would otherwise probe for a TPU at every start of jax.
 - XLA:CPU compiles at optimization level 0: the tests' models are tiny, so this costs little run
   time, and it cuts compile time several-fold (XLA:CPU spends minutes optimizing the unrolled
   threefry kernels of random initializers).
@@ -14,6 +16,7 @@
 import os
 import tempfile
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])
 )

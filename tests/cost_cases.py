@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from benchmarks import hlo_cost, step_cost
+from benchmarks import step_cost
 from configs import quickstart
+from training import hlo_cost
 
 # 64 px: padding taps, which modeling/macs.py counts and XLA skips, are few
 BATCH, RESOLUTION = 64, 64
@@ -86,9 +87,11 @@ def audit(changes_by_mesh: dict, model, overrides, changes=None) -> dict:
     return results
 
 
-def grouped_conv_all_gathers() -> dict:
-    """All-gathers in the compiled gradient of a bare batch-sharded conv, by group count."""
-    mesh = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8],
+def grouped_conv_all_gathers(devices=None) -> dict:
+    """All-gathers in the compiled gradient of a bare batch-sharded conv, by group count, on
+    `devices` (default: the first 8)."""
+    devices = list(devices) if devices is not None else jax.devices()[:8]
+    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,))
     batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     counts = {}
@@ -102,7 +105,7 @@ def grouped_conv_all_gathers() -> dict:
         x = jax.ShapeDtypeStruct((64, 8, 8, 16), jnp.float32, sharding=batch)
         w = jax.ShapeDtypeStruct((3, 3, 16 // groups, 16), jnp.float32, sharding=replicated)
         module = hlo_cost.parse_hlo(step.lower(x, w).compile().as_text())
-        counts[groups] = sum(c.count for c in hlo_cost.hlo_collectives(module, 8)
+        counts[groups] = sum(c.count for c in hlo_cost.hlo_collectives(module, len(devices))
                              if c.kind == "all-gather")
     return counts
 

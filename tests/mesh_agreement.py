@@ -19,20 +19,23 @@ from training import optim, sharding, steps
 RESNET = dict(depths=(1, 1, 1, 1), widths=(16, 32, 32, 32), stem_width=8, drop_path_rate=0.2)
 # Stage 1 scanned: stacked BatchNorm statistics under FSDP.
 SCANNED_RESNET = dict(RESNET, depths=(1, 2, 1, 1), scan=True)
-# name: (model, model overrides, config changes, 8-device mesh)
+# name: (model, model overrides, config changes, 8-device mesh). Under FSDP each layer's
+# parameters are gathered as it runs (training/fsdp.py): inside a rematerialised scan, in
+# unrolled blocks, around BatchNorm and gradient accumulation; SAM gathers them whole.
 CASES = {
-    "nfnet_scan_remat_dropout_mixup": (
+    "nfnet_scan_remat_dropout_mixup_fsdp": (
         "nfnet_tiny", dict(stochastic_depth=0.2, dropout=0.3, scan=True, remat=True),
-        dict(mixup_alpha=0.4, cutmix_alpha=1.0), dict(data=8)),
+        dict(mixup_alpha=0.4, cutmix_alpha=1.0), dict(data=2, fsdp=4)),
     "resnet_batchnorm_accumulation_fsdp": (
         "convnext_roadmap_resnet50", SCANNED_RESNET, dict(grad_accum_steps=2),
         dict(data=4, fsdp=2)),
-    "vit_conv_stem_per_replica_sam": (
+    "vit_conv_stem_per_replica_sam_fsdp": (
         "vit_C-tiny", dict(stochastic_depth=0.2),
-        {"sam.rho": 0.1, "sam.num_groups": 8, "sam.ascent_fraction": 0.25}, dict(data=8)),
+        {"sam.rho": 0.1, "sam.num_groups": 8, "sam.ascent_fraction": 0.25}, dict(data=4, fsdp=2)),
     "resnet_global_sam": ("convnext_roadmap_resnet50", RESNET,
                           {"sam.rho": 0.1, "sam.num_groups": 1, "sam.ascent_fraction": 1.0},
                           dict(data=8)),
+    "vit_unrolled_fsdp": ("vit_P-tiny", dict(stochastic_depth=0.2), {}, dict(fsdp=8)),
 }
 BATCH, RESOLUTION = 32, 32
 

@@ -7,10 +7,14 @@ openxla/xla#48086 is not released): it all-gathers the global batch, runs the gr
 all of it on every device, then slices. NFNets' grouped 3x3 convs would make every device do
 most of the global batch's work, more so the more devices there are. Under `shard_map` a device
 runs its own examples whatever the ops, and the only collectives are the ones written here:
-FSDP parameter all-gathers, the gradient reduction (reduce-scatter over 'fsdp', all-reduce over
-'data'), BatchNorm's per-channel statistics and scalar metrics.
+FSDP parameter all-gathers (per layer, `training/fsdp.py`), the gradient reduction
+(reduce-scatter over 'fsdp', all-reduce over 'data'), BatchNorm's per-channel statistics and
+scalar metrics.
 tests/integration/test_step_cost.py keeps the bug's reproduction on a bare grouped conv; when it
 fails, a released XLA partitions grouped convs and this module could give way to plain `jit`.
+The TPU compiler does partition them (libtpu 0.0.52, compiled for 4 v4 chips: no all-gather, a
+quarter of one chip's FLOPs each; tests/integration/test_tpu_aot.py); the per-device step stays
+for XLA:GPU and XLA:CPU, which do not.
 
 Mesh independence. A device sees only its examples, so whatever combines examples is defined to
 give the same result on every mesh:
@@ -80,18 +84,21 @@ def gather_params(params, specs):
     return jax.tree.map(gather, params, specs)
 
 
-def mean_gradients(grads, specs, num_devices: int):
+def mean_gradients(grads, specs, num_devices: int, scattered: bool = False):
     """Inside shard_map: the mean over devices of each device's gradients, returned in the
-    parameters' sharding: reduce-scattered over 'fsdp' where a parameter is FSDP-sharded, summed
-    over the other batch axes."""
+    parameters' sharding: reduce-scattered over 'fsdp' where a parameter is FSDP-sharded (unless
+    `scattered`: the per-layer gathers' backward pass did it, `training/fsdp.py`), summed over
+    the other batch axes."""
+    others = tuple(a for a in BATCH_AXES if a != "fsdp")
 
     def reduce(g, spec):
         dim = _fsdp_dim(spec)
         if dim is None:
             g = jax.lax.psum(g, BATCH_AXES)
         else:
-            g = jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True)
-            g = jax.lax.psum(g, tuple(a for a in BATCH_AXES if a != "fsdp"))
+            if not scattered:
+                g = jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True)
+            g = jax.lax.psum(g, others)
         return g / num_devices
 
     return jax.tree.map(reduce, grads, specs)

@@ -20,8 +20,11 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax._src import clusters  # What jax.distributed.initialize() itself detects clusters with.
+from jax._src import clusters  # jax.distributed.initialize()'s cluster detection (see below)
 from jax.experimental import multihost_utils
+
+# `clusters` is private: JAX has no public API for its cluster detection (jax 0.12), and
+# tests/unit/test_jax_private_api.py fails when a release moves it.
 
 EXPLICIT_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 # The variables JAX's SlurmCluster needs (jax/_src/clusters/slurm_cluster.py); srun sets them for

@@ -4,7 +4,9 @@ Mesh axes: 'data' (pure data parallelism) and 'fsdp' (data parallelism whose rep
 split the parameters and optimizer state, ZeRO-3 style). The batch is split over both axes.
 A parameter (or optimizer-state leaf of the same shape) is sharded over 'fsdp' along its
 largest dimension that divides evenly, once it has at least `min_shard_size` elements; smaller
-tensors (biases, gains, norms) are replicated. Models never annotate shardings themselves.
+tensors (biases, gains, norms) are replicated. Stacked blocks (`block_stack.is_stacked`) are
+never split along their depth axis, which the scan slices per layer (`training/fsdp.py` gathers
+each slice). Models never annotate shardings themselves.
 """
 
 import math
@@ -12,7 +14,10 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from modeling import block_stack
 
 AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # The global batch is split over every device.
@@ -43,29 +48,56 @@ def create_mesh(shape: Mapping[str, int], devices=None) -> Mesh:
             f"Mesh {named()} needs {math.prod(sizes)} devices, but "
             f"{len(devices)} are available; set config.mesh so the sizes multiply to it."
         )
-    return jax.make_mesh(
-        tuple(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices
-    )
+    axis_types = (AxisType.Auto,) * len(AXES)
+    try:
+        return jax.make_mesh(tuple(sizes), AXES, axis_types=axis_types, devices=devices)
+    except NotImplementedError:
+        # A size that is no product of the slice's physical axes (fsdp 8 on v4-128's 4x4x4):
+        # jax's device mesh then splits a physical axis, which it does only when asked.
+        grid = mesh_utils.create_device_mesh(tuple(sizes), devices,
+                                             allow_split_physical_axes=True)
+        return Mesh(grid, AXES, axis_types=axis_types)
 
 
-def param_spec(shape: tuple[int, ...], fsdp_size: int, min_shard_size: int) -> PartitionSpec:
-    """Shard the largest evenly divisible dimension over 'fsdp'; replicate small tensors."""
+def param_spec(shape: tuple[int, ...], fsdp_size: int, min_shard_size: int,
+               stacked: bool = False) -> PartitionSpec:
+    """Shard the largest evenly divisible dimension over 'fsdp' (not the leading depth axis of
+    `stacked` blocks); replicate small tensors."""
     if fsdp_size == 1 or math.prod(shape) < min_shard_size:
         return PartitionSpec()
     for dim in np.argsort(shape, kind="stable")[::-1]:
-        if shape[dim] % fsdp_size == 0:
+        if shape[dim] % fsdp_size == 0 and not (stacked and dim == 0):
             spec = [None] * len(shape)
             spec[dim] = "fsdp"
             return PartitionSpec(*spec)
     return PartitionSpec()
 
 
+def _in_stacked_blocks(path) -> bool:
+    """Whether a leaf at `path` (of params, or of state holding params) has a depth axis."""
+    keys = (getattr(k, "key", None) for k in path)
+    return any(isinstance(k, str) and block_stack.is_stacked(k) for k in keys)
+
+
 def tree_shardings(tree, mesh: Mesh, min_shard_size: int = 2**18):
-    """NamedShardings for a pytree of arrays or ShapeDtypeStructs, by the shape rule."""
+    """NamedShardings for a pytree of arrays or ShapeDtypeStructs, by the shape rule. Refuses
+    a tensor of at least `min_shard_size` elements that the 'fsdp' size cannot split."""
     fsdp = mesh.shape["fsdp"]
-    return jax.tree.map(
-        lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp, min_shard_size)), tree
-    )
+
+    def sharding(path, x):
+        shape = tuple(x.shape)
+        spec = param_spec(shape, fsdp, min_shard_size, stacked=_in_stacked_blocks(path))
+        if fsdp > 1 and spec == PartitionSpec() and math.prod(shape) >= min_shard_size:
+            name = jax.tree_util.keystr(path, simple=True, separator="/")
+            raise ValueError(
+                f"{name} of shape {shape} has no dimension (depth axes aside) that the fsdp "
+                f"size {fsdp} divides, so every device would hold it whole: set config.mesh.fsdp "
+                "to a divisor of one of its dimensions, or raise config.fsdp_min_shard_size "
+                f"above its {math.prod(shape)} elements to replicate it."
+            )
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(sharding, tree)
 
 
 def with_shardings(tree, shardings):

@@ -5,6 +5,7 @@ stochastic depth (fold_in of that with the example's position in the global batc
 computes the same thing in a resumed run as in an uninterrupted one, on any mesh.
 """
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, PartitionSpec
 
 from imagedata import data_config
-from training import data_parallel, mixing, optim, sam
+from training import data_parallel, fsdp, mixing, optim, sam
 from training.sharding import BATCH_AXES, batch_sharding, replicated
 from vit.posemb import resize_grid
 
@@ -113,15 +114,17 @@ def make_train_step(
     sam_num_groups: int = 1,
     mesh: Mesh | None = None,
     param_shardings: Any = None,
+    fsdp_gather_dtype: str | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Returns step(state, batch) -> (state, metrics) for batches {'image': uint8, 'label'}
     (and optionally 'replaced', the input pipeline's per-example substitution flags).
 
     The loss and gradient are computed per device (`data_parallel`: shard_map over the batch
-    axes of `mesh`, default the mesh set by `jax.set_mesh`, with FSDP params gathered per their
-    `param_shardings`) and per example, so each device does its share of the work and nothing
-    but gradients, parameters and per-channel statistics crosses devices; the optimizer update
-    runs on the sharded state. Results do not depend on the mesh.
+    axes of `mesh`, default the mesh set by `jax.set_mesh`, with FSDP params gathered layer by
+    layer per their `param_shardings`, `training/fsdp.py`, in `fsdp_gather_dtype`) and per
+    example, so each device does its share of the work and nothing but gradients, parameters
+    and per-channel statistics crosses devices; the optimizer update runs on the sharded state.
+    Results do not depend on the mesh.
 
     With `grad_accum_steps` = k the batch is processed as k sequential micro-batches whose
     gradients are averaged, the same update as one pass over the whole batch (up to float
@@ -141,10 +144,13 @@ def make_train_step(
     top-1 are those of the descent pass, at the perturbed params. Groups stay on their devices:
     `sam_num_groups` is a multiple of the devices (per-replica SAM), or 1 with
     `sam_ascent_fraction` 1 (global SAM). SAM does not combine with gradient accumulation.
+    Under SAM the FSDP parameters are gathered whole before the model runs: a per-layer gather's
+    backward pass would sum each device's ascent gradient over the 'fsdp' group.
     """
     if sam_rho > 0 and grad_accum_steps > 1:
         raise ValueError("SAM (sam_rho > 0) does not combine with grad_accum_steps > 1.")
     inputs_per_example = mixing.inputs_per_trained_example(mix_mode, mixup_alpha, cutmix_alpha)
+    gather_dtype = fsdp.check_gather_dtype(fsdp_gather_dtype)
 
     def loss_and_grads(params, batch_stats, images, targets, keys, bn_axes):
         """(mean loss, logits, new batch_stats, gradients) of this device's examples."""
@@ -219,11 +225,17 @@ def make_train_step(
         if sam_rho > 0 and error:
             raise ValueError(error)
         specs = data_parallel.param_specs(state.params, param_shardings)
+        layouts = fsdp.sharded_layouts(state.params, specs)
+        per_layer = layouts is not None and sam_rho == 0  # SAM: whole gathers (docstring)
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         dropout_rng, mix_rng = jax.random.split(rng)
 
         def on_device(params, batch_stats, images, labels, lighting):
-            params = data_parallel.gather_params(params, specs)
+            if per_layer:
+                gathering = fsdp.per_layer(layouts, gather_dtype)
+            else:
+                params = data_parallel.gather_params(params, specs)
+                gathering = contextlib.nullcontext()
             positions = data_parallel.example_positions(images.shape[0])
             # `lighting`: PCA lighting offsets (config.data.pca_lighting_std), or None.
             images = normalize(images) if lighting is None else normalize(images, lighting)
@@ -235,24 +247,25 @@ def make_train_step(
                 mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
             )
             keys = data_parallel.example_keys(dropout_rng, positions)
-            if sam_rho > 0:
-                loss, logits, stats, grads = sam_grads(
-                    params, batch_stats, images, targets, positions, dropout_rng, num_devices
-                )
-            elif grad_accum_steps == 1:
-                loss, logits, stats, grads = loss_and_grads(
-                    params, batch_stats, images, targets, keys, BATCH_AXES
-                )
-            else:
-                loss, logits, stats, grads = accumulated_grads(
-                    params, batch_stats, images, targets, keys
-                )
+            with gathering:
+                if sam_rho > 0:
+                    loss, logits, stats, grads = sam_grads(
+                        params, batch_stats, images, targets, positions, dropout_rng, num_devices
+                    )
+                elif grad_accum_steps == 1:
+                    loss, logits, stats, grads = loss_and_grads(
+                        params, batch_stats, images, targets, keys, BATCH_AXES
+                    )
+                else:
+                    loss, logits, stats, grads = accumulated_grads(
+                        params, batch_stats, images, targets, keys
+                    )
             correct = jnp.sum(jnp.argmax(logits, -1) == labels)
             return (
                 jax.lax.pmean(loss, BATCH_AXES),
                 jax.lax.psum(correct, BATCH_AXES),
                 stats,
-                data_parallel.mean_gradients(grads, specs, num_devices),
+                data_parallel.mean_gradients(grads, specs, num_devices, scattered=per_layer),
             )
 
         batch_spec = PartitionSpec(BATCH_AXES)
@@ -332,22 +345,29 @@ def make_eval_step(
     *,
     mesh: Mesh | None = None,
     param_shardings: Any = None,
+    fsdp_gather_dtype: str | None = None,
 ) -> Callable[[Any, Any, dict], dict]:
     """Returns eval_step(params, batch_stats, batch) -> sums over the real (mask=True) examples
     of: cross-entropy loss (no smoothing), top-1 and top-5 hits, and the example count.
 
-    Each device evaluates its own examples (`data_parallel`, as the train step) and the sums are
-    added over devices. Images may have another resolution than the training ones: the
-    convolutional models pool globally, and a ViT's learned position embedding is resampled to
-    the images' grid (`fit_position_embedding`)."""
+    Each device evaluates its own examples (`data_parallel`, as the train step, FSDP parameters
+    gathered layer by layer) and the sums are added over devices. Images may have another
+    resolution than the training ones: the convolutional models pool globally, and a ViT's
+    learned position embedding is resampled to the images' grid (`fit_position_embedding`)."""
+    gather_dtype = fsdp.check_gather_dtype(fsdp_gather_dtype)
 
     def eval_step(params, batch_stats, batch: dict) -> dict:
         specs = data_parallel.param_specs(params, param_shardings)
+        layouts = fsdp.sharded_layouts(params, specs)
 
         def on_device(params, batch_stats, images, labels, mask):
-            params = data_parallel.gather_params(params, specs)
+            gathering = contextlib.nullcontext()
+            if layouts is not None:
+                params, layer_layouts = fsdp.gather_root(params, layouts, gather_dtype)
+                gathering = fsdp.per_layer(layer_layouts, gather_dtype)
             params = fit_position_embedding(model, params, images.shape)
-            logits, _ = _apply(model, params, batch_stats, normalize(images), False)
+            with gathering:
+                logits, _ = _apply(model, params, batch_stats, normalize(images), False)
             mask = mask.astype(jnp.float32)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -383,6 +403,11 @@ def normalizer(config):
     )
 
 
+def fsdp_gather_dtype(config) -> str | None:
+    """config.fsdp.gather_dtype (configs/common.py), None for configs without it."""
+    return config.get("fsdp", {}).get("gather_dtype")
+
+
 def jit_train_step(config, model, optimizer, schedule, mesh, state_sharding):
     """The config's train step, jitted with the state's and the batch's shardings and the state
     donated (also what benchmarks/ time)."""
@@ -402,6 +427,7 @@ def jit_train_step(config, model, optimizer, schedule, mesh, state_sharding):
         sam_num_groups=config.sam.num_groups,
         mesh=mesh,
         param_shardings=state_sharding.params,
+        fsdp_gather_dtype=fsdp_gather_dtype(config),
     )
     return jax.jit(
         step,

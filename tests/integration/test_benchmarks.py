@@ -134,6 +134,7 @@ def test_configs_and_the_benchmarked_step_load_without_tensorflow():
         "            raise ImportError(name + ' is blocked')\n"
         "sys.meta_path.insert(0, NoTensorFlow())\n"
         "import benchmarks.train_throughput_benchmark, benchmarks.profile_train_step\n"
+        "import benchmarks.gpu_run\n"
         "import configs.nfnet_f7plus, configs.convnext_xlarge, configs.vit_c_4gf\n"
         "import configs.quickstart, configs.finetune_nfnet\n"
     )

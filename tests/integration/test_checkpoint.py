@@ -168,9 +168,10 @@ def test_a_restore_that_fails_persistently_exits_2_and_leaves_every_checkpoint(
     ckpt = saved_checkpointer(tmp_path, [1, 2])
     ckpt.first_retry_s = 0.01
     attempts = fail_restores(ckpt, monkeypatch, times=10**9)
-    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir, dry_run:
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir, dry_run, topology:
                         ckpt.restore_latest(abstract(make_state(0.0))))
-    for flag, value in [("_CONFIG", {}), ("_WORKDIR", str(tmp_path)), ("_DRY_RUN", False)]:
+    for flag, value in [("_CONFIG", {}), ("_WORKDIR", str(tmp_path)), ("_DRY_RUN", False),
+                        ("_TOPOLOGY", None)]:
         monkeypatch.setattr(train, flag, type("Flag", (), {"value": value}))
 
     with pytest.raises(SystemExit) as stop:

@@ -1,6 +1,6 @@
 """The per-device, per-example step (training/data_parallel.py): MixUp pairs, BatchNorm axes,
 sub-batch rules refused where they would cross devices, and every step feature giving the same step
-on one device and on eight."""
+on one device and on eight (FSDP's per-layer gathers included)."""
 
 import json
 import os
@@ -90,7 +90,7 @@ def test_every_step_feature_gives_the_same_step_on_one_device_and_on_eight():
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     cases = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(cases) == 4
+    assert len(cases) == 5
     for name, diffs in cases.items():
         assert np.isfinite(diffs["loss"]), name
         assert diffs["metrics"] < 1e-5, (name, diffs)

@@ -78,7 +78,8 @@ def test_fsdp_moves_only_parameters_and_gradients(costs, family):
     assert set(moved) <= FSDP_COLLECTIVES, moved
     assert "reduce-scatter/parameter/gradient" in moved  # sharded gradients are not all-reduced
     gathered = moved["all-gather/parameter/gradient"]
-    assert gathered <= TOLERANCE * case["param_bytes"], moved  # each parameter gathered once
+    # Each layer gathered twice at most: forward, and again in the backward pass (fsdp.py).
+    assert gathered <= 2 * TOLERANCE * case["param_bytes"], moved
 
 
 @pytest.mark.parametrize("family", ["nfnet", "vit_p", "vit_c"])

@@ -21,6 +21,9 @@ INDIRECT = {
 # Imported only where installed, by tests and benchmarks that skip or say so without them; the
 # fixture export scripts and timm's benchmark side run in a separate torch environment.
 OPTIONAL = {"torch", "timm", "pycls"}
+# Runtime imports that only ahead-of-time TPU compiles make, from the `tpu` extra (jax[tpu]) or
+# the `test` extra; without them training/tpu_slices.py says what to install.
+EXTRA_ONLY = {"libtpu"}
 
 
 def normalize(name: str) -> str:
@@ -69,7 +72,7 @@ def runtime_files():
 
 def test_every_runtime_import_is_listed_and_every_listed_library_is_used():
     listed = requirement_names((REPO / "requirements.txt").read_text().splitlines())
-    used = distributions(imported_modules(runtime_files()))
+    used = distributions(imported_modules(runtime_files()) - EXTRA_ONLY)
     unlisted = {m: d for m, d in used.items() if not d & listed}
     assert not unlisted, f"imported but not in requirements.txt: {unlisted}"
     unused = listed - set().union(*used.values()) - set(INDIRECT)
@@ -123,3 +126,7 @@ def test_nothing_imports_upwards():
         imported = {m.split(".")[0] for path in files for m in module_imports(path)}
         assert (imported & project) - {top} <= allowed, top
 
+
+def test_extra_only_imports_are_in_the_test_extra():
+    listed = requirement_names(PYPROJECT["project"]["optional-dependencies"]["test"])
+    assert {normalize(m) for m in EXTRA_ONLY} <= listed

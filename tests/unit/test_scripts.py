@@ -59,7 +59,7 @@ def test_defaults(checkout):
     assert (s.name, s.zone, s.project) == ("f7", "us-central2-b", "")
     assert (s.accelerator, s.runtime, s.hosts) == ("v4-8", "tpu-ubuntu2204-base", 1)
     assert not s.spot and not s.queued and not s.repo_url
-    assert (s.remote_dir, s.remote_python, s.workdir_root) == ("convnets", "3.11", "")
+    assert (s.remote_dir, s.remote_python, s.workdir_root) == ("convnets", "3.12", "")
 
 
 def test_environment_overrides_defaults_and_flags_override_environment(checkout):
@@ -137,7 +137,7 @@ def test_setup_copies_the_working_tree_to_every_worker(checkout):
     assert remote(unpack).startswith(tpu_vm.REFUSE_IF_RUNNING)
     assert "! -name .venv ! -name logs" in remote(unpack)
     assert "tar -xzf tpu_vm_code.tar.gz -C convnets" in remote(unpack)
-    assert "uv venv --quiet --allow-existing --python 3.11 .venv" in remote(install)
+    assert "uv venv --quiet --allow-existing --python 3.12 .venv" in remote(install)
     assert '-e ".[tpu]"' in remote(install)
 
 
@@ -465,3 +465,41 @@ def test_readme_documents_every_variable_and_subcommand():
     for command in ("create", "setup", "launch", "logs", "status", "resume", "finetune", "stop",
                     "delete", "DRY_RUN"):
         assert command in readme, command
+
+
+def test_workers_get_the_python_that_pyproject_requires():
+    import tomllib
+
+    pyproject = tomllib.loads((pathlib.Path(tpu_vm.REPO_ROOT) / "pyproject.toml").read_text())
+    minimum = re.fullmatch(r">=\s*([\d.]+)", pyproject["project"]["requires-python"]).group(1)
+    assert tpu_vm.Settings(name="f7", zone="z").remote_python == minimum
+
+
+def _fake_python(folder: pathlib.Path, name: str, version: str) -> None:
+    script = folder / name
+    script.write_text(f"#!/bin/sh\ncase \"$1\" in -c) case \"$2\" in *executable*) "
+                      f"echo {folder}/{name};; *) [ {version} -ge 12 ];; esac;; esac\n")
+    script.chmod(0o755)
+
+
+@pytest.mark.parametrize(("on_path", "expected"), [
+    ({"python3": "11", "python3.12": "12"}, "python3.12"),
+    ({"python3": "13"}, "python3"),
+])
+def test_find_python_picks_a_supported_python(tmp_path, on_path, expected):
+    for name, minor in on_path.items():
+        _fake_python(tmp_path, name, minor)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path)}
+    result = subprocess.run(["sh", str(tpu_vm.REPO_ROOT / "scripts" / "find_python.sh")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{tmp_path}/{expected}"
+
+
+def test_find_python_says_what_to_install_when_none_is_supported(tmp_path):
+    _fake_python(tmp_path, "python3", "11")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path)}
+    result = subprocess.run(["sh", str(tpu_vm.REPO_ROOT / "scripts" / "find_python.sh")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no Python 3.12 or newer found" in result.stderr

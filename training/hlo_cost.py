@@ -1,7 +1,7 @@
-"""FLOPs and collectives of a compiled XLA program, read from its optimized HLO text
-(`compiled.as_text()`): the measuring half of benchmarks/step_cost.py, which documents the
-conventions (XLA HloCostAnalysis FLOPs with loop trip counts, ring-algorithm bytes, classes of
-collectives).
+"""FLOPs, collectives and the TPU compiler's cycle estimates of a compiled XLA program, read
+from its optimized HLO text (`compiled.as_text()`): the measuring half of
+benchmarks/step_cost.py, which documents the conventions (XLA HloCostAnalysis FLOPs with loop
+trip counts, ring-algorithm bytes, classes of collectives), and of training/compiled_cost.py.
 """
 
 import dataclasses
@@ -151,6 +151,12 @@ def parse_hlo(text: str) -> HloModule:
                 current.shapes[instruction.name] = instruction.shape
     if entry is None:
         raise ValueError("No ENTRY computation in the HLO text.")
+    for computation in computations.values():
+        for instruction in computation.instructions:
+            if instruction.opcode == "while" and trip_count(instruction) is None:
+                inferred = infer_trip_count(instruction, computation, computations)
+                if inferred is not None:
+                    instruction.attrs[INFERRED_TRIPS] = str(inferred)
     return HloModule(computations, entry, execution_counts(computations, entry))
 
 
@@ -158,10 +164,58 @@ def _module(hlo: str | HloModule) -> HloModule:
     return hlo if isinstance(hlo, HloModule) else parse_hlo(hlo)
 
 
+INFERRED_TRIPS = "inferred_trip_count"  # set by parse_hlo where XLA wrote no trip count
+
+
 def trip_count(instruction: Instruction) -> int | None:
-    """A while loop's iterations, as XLA wrote them in its backend_config (None if unknown)."""
+    """A while loop's iterations, as XLA wrote them in its backend_config (XLA:CPU, XLA:GPU),
+    else as `infer_trip_count` read them from the loop (the TPU compiler writes none); None if
+    unknown."""
     match = re.search(r'"known_trip_count":\{"n":"(\d+)"', instruction.text)
-    return int(match.group(1)) if match else None
+    if match:
+        return int(match.group(1))
+    inferred = instruction.attrs.get(INFERRED_TRIPS)
+    return int(inferred) if inferred else None
+
+
+def _constant(computation: Computation, name: str) -> int | None:
+    """The integer a scalar constant (seen through copies) holds, else None."""
+    by_name = {i.name: i for i in computation.instructions}
+    instruction = by_name.get(name)
+    while instruction is not None and instruction.opcode == "copy":
+        instruction = by_name.get(instruction.operands[0])
+    if instruction is None or instruction.opcode != "constant" or not instruction.operands:
+        return None
+    value = instruction.operands[0]  # constant(10): the literal, parsed as the operand
+    return int(value) if re.fullmatch(r"-?\d+", value) else None
+
+
+def infer_trip_count(loop: Instruction, caller: Computation,
+                     computations: dict[str, Computation]) -> int | None:
+    """Iterations of a counted loop (`fori_loop`, `scan`): its condition compares a tuple
+    element with a constant N (i < N), and the caller starts that element at a constant c; the
+    body adds 1, as JAX emits it. N - c, or None for any other shape of loop."""
+    condition = computations.get(_names(loop.attrs.get("condition", ""))[0]
+                                 if loop.attrs.get("condition") else "")
+    if condition is None or not loop.operands:
+        return None
+    by_name = {i.name: i for i in condition.instructions}
+    for compare in condition.instructions:
+        if compare.opcode != "compare" or "direction=LT" not in compare.text:
+            continue
+        counter, bound = (by_name.get(name) for name in compare.operands[:2])
+        if counter is None or counter.opcode != "get-tuple-element":
+            continue
+        limit = _constant(condition, bound.name) if bound is not None else None
+        index = int(counter.attrs.get("index", -1))
+        initial = next((i for i in caller.instructions if i.name == loop.operands[0]), None)
+        if limit is None or initial is None or initial.opcode != "tuple":
+            continue
+        start = _constant(caller, initial.operands[index]) if index < len(
+            initial.operands) else None
+        if start is not None and limit > start:
+            return limit - start
+    return None
 
 
 def _names(value: str) -> list[str]:
@@ -322,6 +376,61 @@ def hlo_flops(hlo: str | HloModule) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# The TPU compiler's time estimates.
+# ----------------------------------------------------------------------------------------------
+
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+# Control flow: what it runs is counted in the computations it calls, not on itself.
+_CONTROL_FLOW = ("while", "conditional", "call")
+
+
+def instruction_cycles(instruction: Instruction) -> int:
+    """The TPU compiler's estimate of one run of an instruction, in chip cycles: the
+    `estimated_cycles` of its backend_config (fusions, convolutions, copies, reduces; 0 where
+    there is none, as on collectives and on other backends)."""
+    if instruction.opcode in _CONTROL_FLOW:
+        return 0
+    match = _CYCLES.search(instruction.text)
+    return int(match.group(1)) if match else 0
+
+
+def estimated_cycles(hlo: str | HloModule) -> int:
+    """The compiler's cycles of one run of the module: every instruction's estimate times the
+    runs of its computation (loop bodies x trip counts)."""
+    return sum(cycles_by_kind(hlo).values())
+
+
+def cycles_by_kind(hlo: str | HloModule) -> Counter:
+    """`estimated_cycles` split by what the instructions do: 'convolution/dot' (fusions holding
+    one: the matrix units' work), 'reduction' (fusions holding a reduce), 'elementwise' (other
+    fusions) or the opcode (copy, broadcast, ...)."""
+    module = _module(hlo)
+    fused = {name for c in module.computations.values() for i in c.instructions
+             if i.opcode == "fusion" for name in _names(i.attrs.get("calls", ""))}
+    kinds = Counter()
+    for name, computation in module.computations.items():
+        if name in fused:  # costed as a whole, by its fusion instruction
+            continue
+        for instruction in computation.instructions:
+            cycles = instruction_cycles(instruction) * module.counts.get(name, 0)
+            if cycles:
+                kinds[_kind(module, instruction)] += cycles
+    return kinds
+
+
+def _kind(module: HloModule, instruction: Instruction) -> str:
+    opcodes = {instruction.opcode}
+    for name in _names(instruction.attrs.get("calls", "")):
+        if name in module.computations:
+            opcodes |= {i.opcode for i in module.computations[name].instructions}
+    if opcodes & {"convolution", "dot"}:
+        return "convolution/dot"
+    if "reduce" in opcodes:
+        return "reduction"
+    return "elementwise" if instruction.opcode == "fusion" else instruction.opcode
+
+
+# ----------------------------------------------------------------------------------------------
 # Collectives.
 # ----------------------------------------------------------------------------------------------
 
@@ -418,10 +527,11 @@ class ParameterShapes:
     sharded: frozenset  # the whole shapes of the FSDP-sharded ones: what their all-gathers make
     shards: frozenset  # the per-device shards of those
     shard_counts: frozenset  # into how many shards they are cut: their all-gathers' group sizes
+    sharded_sizes: frozenset = frozenset()  # elements of the FSDP-sharded ones
 
 
 def parameter_shapes(params, param_shardings) -> ParameterShapes:
-    full, sharded, shards, counts = set(), set(), set(), set()
+    full, sharded, shards, counts, sizes = set(), set(), set(), set(), set()
     for leaf, s in zip(jax.tree.leaves(params), jax.tree.leaves(param_shardings), strict=True):
         shape, shard = tuple(leaf.shape), tuple(s.shard_shape(tuple(leaf.shape)))
         full.add(_squeezed(shape))
@@ -429,14 +539,16 @@ def parameter_shapes(params, param_shardings) -> ParameterShapes:
             sharded.add(_squeezed(shape))
             shards.add(_squeezed(shard))
             counts.add(math.prod(shape) // math.prod(shard))
-    return ParameterShapes(*map(frozenset, (full, sharded, shards, counts)))
+            sizes.add(math.prod(shape))
+    return ParameterShapes(*map(frozenset, (full, sharded, shards, counts, sizes)))
 
 
 def classify(dims, shapes: ParameterShapes, kind: str = "all-reduce",
              group_size: int | None = None, small_elements: int = SMALL_ELEMENTS) -> str:
     """PARAMETER if an all-gather makes an FSDP-sharded parameter whole (over as many devices as
-    it has shards), or another collective moves an array of a parameter's or a shard's shape (a
-    gradient); else SMALL if the array has at most `small_elements` elements; else ACTIVATION.
+    it has shards), another collective moves an array of a parameter's or a shard's shape (a
+    gradient), or another collective as many elements as a sharded parameter; else SMALL if the
+    array has at most `small_elements` elements; else ACTIVATION.
     Scalars are always SMALL."""
     elements = math.prod(dims)
     if kind == "all-gather":
@@ -444,5 +556,9 @@ def classify(dims, shapes: ParameterShapes, kind: str = "all-reduce",
     else:
         known = shapes.full | shapes.shards
     if elements > 1 and _squeezed(dims) in known:
+        return PARAMETER
+    # A sharded parameter's gradient reduced as a 2-D array (training/fsdp.py): reduce-scattered,
+    # or all-reduced where the TPU compiler rewrites the reduce-scatter.
+    if kind != "all-gather" and elements in shapes.sharded_sizes:
         return PARAMETER
     return SMALL if elements <= small_elements else ACTIVATION
