@@ -658,12 +658,8 @@ def slice_report(config, model, tpu_slice, mesh, abstract_state, state_sharding,
     train = analyze(compiled[0], 6 * train_macs * trained_per_step(config) / devices)
     evaluation = analyze(compiled[1], 2 * eval_macs * config.eval_batch_size / devices)
     return compiled_cost.SliceReport(
-        model=config.model.name, params=macs.count_params(abstract_state.params),
-        global_batch=config.global_batch_size, trained_per_step=trained_per_step(config),
-        resolution=config.data.train_resolution, slice_name=tpu_slice.name,
-        topology=tpu_slice.topology, chips=tpu_slice.chips, mesh=dict(mesh.shape),
-        accelerator=acc.name, total_steps=total_steps, compile_s=compile_s, train=train,
-        evaluation=evaluation,
+        **slice_fields(config, tpu_slice, mesh, abstract_state, total_steps, compile_s),
+        train=train, evaluation=evaluation,
         verdict=compiled_cost.verdict(train.memory, evaluation.memory,
                                       compiled_cost.usable_hbm(acc), layout),
         core_hours=(compiled_cost.core_hours(train.step_s, total_steps, tpu_slice.chips, acc)
@@ -687,15 +683,22 @@ def refused_report(config, tpu_slice, mesh, abstract_state, state_sharding, erro
                                     compiled_cost.suggestion(train, train.total, available,
                                                              layout))
     return compiled_cost.SliceReport(
+        **slice_fields(config, tpu_slice, mesh, abstract_state, total_steps, compile_s),
+        train=None, evaluation=None, verdict=verdict, core_hours=None,
+        refused=f"its temporaries alone need {temporaries / 2**30:.2f} GiB of the chip's "
+        f"{available / 2**30:.2f} GiB",
+    )
+
+
+def slice_fields(config, tpu_slice, mesh, abstract_state, total_steps, compile_s) -> dict:
+    """The SliceReport fields that describe the run and the slice, compiled or refused."""
+    return dict(
         model=config.model.name, params=macs.count_params(abstract_state.params),
         global_batch=config.global_batch_size, trained_per_step=trained_per_step(config),
         resolution=config.data.train_resolution, slice_name=tpu_slice.name,
         topology=tpu_slice.topology, chips=tpu_slice.chips, mesh=dict(mesh.shape),
         accelerator=hardware.accelerator(tpu_slice.accelerator).name, total_steps=total_steps,
-        compile_s=compile_s, train=None, evaluation=None, verdict=verdict, core_hours=None,
-        refused=f"its temporaries alone need {temporaries / 2**30:.2f} GiB of the chip's "
-        f"{available / 2**30:.2f} GiB",
-    )
+        compile_s=compile_s)
 
 
 def print_slice_report(report: compiled_cost.SliceReport) -> None:

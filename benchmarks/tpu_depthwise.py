@@ -14,12 +14,12 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from modeling import hardware
 from training import hlo_cost, tpu_slices
 
 KERNEL = 7
+V4_CLOCK_HZ = hardware.accelerator("tpu_v4").clock_hz
 
 
 def depthwise(x, w):
@@ -53,10 +53,8 @@ def with_backward(conv):
 
 
 def predicted_us(device, fn, *shapes) -> float:
-    mesh = jax.sharding.Mesh([device], ("d",))
-    replicated = NamedSharding(mesh, P())
-    compiled = jax.jit(fn, in_shardings=(replicated,) * len(shapes)).lower(*shapes).compile()
-    return hlo_cost.estimated_cycles(compiled.as_text()) / 1.05e3  # v4: 1,050 MHz
+    compiled = tpu_slices.compile_on(device, fn, *shapes)
+    return hlo_cost.estimated_cycles(compiled.as_text()) / V4_CLOCK_HZ * 1e6
 
 
 def main(argv=None) -> None:

@@ -20,8 +20,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from benchmarks import step_cost
 from modeling import hardware
@@ -29,12 +27,6 @@ from tests.cost_cases import FAMILIES, config_for, grouped_conv_all_gathers, sum
 from training import compiled_cost, sharding, tpu_slices
 
 SLICE = "v4:2x2x1"
-
-
-def compile_on(device, fn, *shapes):
-    mesh = jax.sharding.Mesh([device], ("d",))
-    replicated = NamedSharding(mesh, P())
-    return jax.jit(fn, in_shardings=(replicated,) * len(shapes)).lower(*shapes).compile()
 
 
 def predicted(compiled, acc) -> dict:
@@ -50,10 +42,10 @@ def matmul_cases(device, acc) -> dict:
         return jax.lax.fori_loop(0, 10, lambda i, x: (x @ b).astype(jnp.bfloat16), a)
 
     return {
-        "matmul": predicted(compile_on(device, jnp.matmul, big, big), acc)
+        "matmul": predicted(tpu_slices.compile_on(device, jnp.matmul, big, big), acc)
         | {"ideal_s": 2 * 8192**3 / acc.peak_flops_per_device},
-        "single": predicted(compile_on(device, jnp.matmul, small, small), acc),
-        "loop": predicted(compile_on(device, ten_times, small, small), acc),
+        "single": predicted(tpu_slices.compile_on(device, jnp.matmul, small, small), acc),
+        "loop": predicted(tpu_slices.compile_on(device, ten_times, small, small), acc),
     }
 
 

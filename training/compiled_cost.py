@@ -113,10 +113,11 @@ def analyze(compiled, acc: hardware.Accelerator, num_devices: int, model_flops: 
         shapes = hlo_cost.parameter_shapes(params, param_shardings)
         for c in collectives:
             c.cls = hlo_cost.classify(c.shape, shapes, c.kind, c.group_size)
+    kinds = hlo_cost.cycles_by_kind(module)
     return CompiledCost(
         devices=num_devices, memory=Memory.of(compiled), flops=hlo_cost.hlo_flops(module),
-        model_flops=model_flops, cycles=hlo_cost.estimated_cycles(module),
-        cycles_by_kind=dict(hlo_cost.cycles_by_kind(module).most_common()),
+        model_flops=model_flops, cycles=sum(kinds.values()),
+        cycles_by_kind=dict(kinds.most_common()),
         clock_hz=acc.clock_hz, collectives=collectives,
         interconnect_egress=acc.interconnect_egress_per_device,
         peak_flops=acc.peak_flops_per_device,

@@ -18,6 +18,8 @@ import math
 import os
 import re
 
+import jax
+
 # Cloud name prefix -> (libtpu's name, TensorCores per chip in the name's count, torus rank,
 # modeling.hardware key).
 GENERATIONS = {
@@ -103,6 +105,14 @@ def parse_slice(name: str) -> TpuSlice:
                              f"{prefix}-{cores_per_chip * 4}.")
         shape = standard_shape(count // cores_per_chip, rank)
     return TpuSlice(name, generation, shape, accelerator)
+
+
+def compile_on(device, fn, *shapes):
+    """`fn` jitted and compiled ahead of time on one device, its arguments replicated there."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(Mesh([device], ("d",)), PartitionSpec())
+    return jax.jit(fn, in_shardings=(replicated,) * len(shapes)).lower(*shapes).compile()
 
 
 def slice_devices(tpu_slice: TpuSlice) -> list:
